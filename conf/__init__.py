@@ -1,0 +1,1 @@
+# Makes conf/ importable as `metarun.conf` (see pyproject.toml), so Hydra finds it in any install.

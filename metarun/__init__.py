@@ -1,0 +1,1 @@
+"""metarun: config-driven gradient-based meta-learning in PyTorch."""

@@ -1,0 +1,65 @@
+"""MAML (Finn et al., 2017), first-order MAML and ANIL (Raghu et al., 2020).
+
+    for each meta-iteration:
+        sample a meta-batch of tasks T_i, each with support and query sets
+        for each T_i (vmapped):  phi_i = theta - alpha * grad L_support(theta)  [N steps, adapted subset]
+        theta <- outer_optimizer(theta, grad_theta  mean_i L_query(phi_i))
+
+ANIL adapts only `head.*`; the body then runs once per task. `first_order=true` detaches the
+inner gradients (FOMAML).
+"""
+import torch
+from torch.func import vmap
+
+from metarun.inner_loop import accuracy, adapt, adapted_names, task_functions
+
+
+class MAML:
+    def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, inner_l2=0.0, first_order=False):
+        self.model, self.optimizer, self.task = model, optimizer, task
+        self.adapted = adapted_names(model, adapt)
+        self.inner_steps, self.inner_lr, self.inner_l2, self.first_order = inner_steps, inner_lr, inner_l2, first_order
+
+    def task_loss(self, params, support_x, support_y, query_x, query_y):
+        """Post-adaptation query loss of one task, plus pre-adaptation loss and accuracy for logging."""
+        prepare, predict = task_functions(self.model, params, self.adapted)
+        hs, hq = prepare(support_x), prepare(query_x)
+        fast = {k: params[k] for k in self.adapted}
+        loss_fn = self.task.loss_fn
+        pre_loss = loss_fn(predict(fast, hs), support_y).detach()
+        fast = adapt(lambda p: loss_fn(predict(p, hs), support_y), fast, self.inner_steps, self.inner_lr, self.inner_l2, self.first_order)
+        out = predict(fast, hq)
+        metrics = {"loss": loss_fn(out, query_y), "support_loss": pre_loss}
+        if self.task.classification:
+            metrics["accuracy"] = accuracy(out, query_y).detach()
+        return metrics
+
+    def meta_loss(self, batch):
+        params = dict(self.model.named_parameters())
+        per_task = vmap(self.task_loss, in_dims=(None, 0, 0, 0, 0), randomness="same")(params, *batch)
+        return {k: v.mean() for k, v in per_task.items()}
+
+    def step(self, batch):
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.meta_loss(batch)
+        metrics["loss"].backward()
+        self.optimizer.step()
+        return {k: v.item() for k, v in metrics.items()}
+
+    def oracle_calls(self, meta_batch_size):
+        # Per task: N inner gradients, one outer gradient and, when second order, one
+        # Hessian-vector product per inner step on the way back (Ji et al., 2020, Sec. 3).
+        # `*_params` weight each call by the number of parameters it differentiates, the
+        # measure in which ANIL (head only) is cheaper than MAML.
+        n = self.inner_steps * meta_batch_size
+        dim = sum(p.numel() for name, p in self.model.named_parameters() if name in self.adapted)
+        total = sum(p.numel() for p in self.model.parameters())
+        second = 0 if self.first_order else n
+        return {
+            "inner_grad": n,
+            "outer_grad": meta_batch_size,
+            "second_order": second,
+            "inner_grad_params": n * dim,
+            "second_order_params": second * dim,
+            "outer_grad_params": meta_batch_size * total,
+        }

@@ -1,0 +1,85 @@
+"""Checks on the composed config, so a bad value fails before a run starts, in one line."""
+from omegaconf import OmegaConf
+
+
+class ConfigError(ValueError):
+    """A user mistake in the config: names the key, the value and what is allowed. Exit code 2."""
+
+    def __init__(self, key, value, allowed):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+
+class DataError(RuntimeError):
+    """Missing, unreadable or corrupt data or checkpoints: says what and where. Exit code 2."""
+
+
+def _int(minimum):
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum), f"an integer >= {minimum}"
+
+
+def _positive():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0), "a number > 0"
+
+
+def _nonnegative():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0), "a number >= 0"
+
+
+def _fraction():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1), "a number in (0, 1)"
+
+
+def _choice(*options):
+    return (lambda v: v in options), "one of " + ", ".join(map(str, options))
+
+
+def _bool():
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+# Keys absent from a config (a task family's own options) are skipped.
+RULES = {
+    "seed": _int(0),
+    "iterations": _int(0),
+    "meta_batch_size": _int(1),
+    "log_every": _int(1),
+    "eval_every": _int(1),
+    "eval_steps": _int(0),
+    "eval_tasks": _int(1),
+    "checkpoint_every": _int(1),
+    "resume": _bool(),
+    "mode": _choice("train", "eval"),
+    "algo.inner_steps": _int(0),
+    "algo.inner_lr": _positive(),
+    "algo.inner_l2": _nonnegative(),
+    "algo.first_order": _bool(),
+    "algo.epsilon": _positive(),
+    "optim.lr": _positive(),
+    "optim.weight_decay": _nonnegative(),
+    "optim.momentum": _nonnegative(),
+    "task.shots": _int(1),
+    "task.query": _int(1),
+    "task.ways": _int(2),
+    "task.image_size": _int(4),
+    "task.rotations": _bool(),
+    "task.download": _bool(),
+    "task.input_dim": _int(1),
+    "task.features": _int(1),
+    "task.noise": _nonnegative(),
+    "task.amplitude_min": _nonnegative(),
+    "task.amplitude_max": _positive(),
+    "model.head_hidden": _int(0),
+    "model.features": _int(1),
+}
+
+
+def validate(cfg):
+    """Raise ConfigError for the first value outside its allowed range."""
+    for key, (ok, allowed) in RULES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not ok(value):
+            raise ConfigError(key, value, "must be " + allowed)
+    adapt = OmegaConf.select(cfg, "algo.adapt")
+    if adapt is not None and (len(adapt) == 0 or not all(isinstance(p, str) and p for p in adapt)):
+        raise ConfigError("algo.adapt", OmegaConf.to_container(adapt), "a non-empty list of glob patterns such as ['head.*']")

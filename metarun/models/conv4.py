@@ -1,0 +1,40 @@
+"""The 4-block convolutional network of Finn et al. (2017) and Vinyals et al. (2016).
+
+Each block is 3x3 conv (64 filters) -> BatchNorm -> ReLU -> 2x2 max-pool; a linear `head` follows.
+
+BatchNorm uses the statistics of the batch it sees and keeps no running averages
+(`track_running_stats=False`), as MAML does: each task's support set and query set are
+normalised by their own statistics (transductive). This makes the network a pure function
+of its parameters, so it behaves the same under `vmap`, in the inner loop and in evaluation.
+"""
+import torch
+from torch import nn
+
+
+def conv_block(in_channels, out_channels):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1),
+        nn.BatchNorm2d(out_channels, track_running_stats=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    def __init__(self, input_shape, output_dim, channels=64, blocks=4, head_hidden=0):
+        super().__init__()
+        in_channels = input_shape[0]
+        self.body = nn.Sequential(
+            *[conv_block(in_channels if i == 0 else channels, channels) for i in range(blocks)],
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            features = self.body(torch.zeros(2, *input_shape)).shape[1]
+        # head_hidden > 0 gives a two-layer head: the nonconvex inner problem of Ji et al. (2020).
+        if head_hidden:
+            self.head = nn.Sequential(nn.Linear(features, head_hidden), nn.ReLU(), nn.Linear(head_hidden, output_dim))
+        else:
+            self.head = nn.Linear(features, output_dim)
+
+    def forward(self, x):
+        return self.head(self.body(x))

@@ -1,0 +1,143 @@
+"""The training run: build everything from the config, meta-train, evaluate, log, checkpoint.
+
+Read top to bottom: `build` instantiates task, model, optimizer and algorithm; `train` runs the
+meta-iterations with periodic evaluation and checkpoints; the final meta-test figures go to
+summary.json.
+"""
+import json
+import math
+import time
+from functools import partial
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from metarun import checkpoint
+from metarun.checkpoint import atomic_write
+from metarun.config import validate
+from metarun.evaluate import evaluate, summarize
+from metarun.loggers import Loggers
+
+ORACLE_KEYS = ("inner_grad", "outer_grad", "second_order", "inner_grad_params", "second_order_params", "outer_grad_params")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def build(cfg):
+    """Task family, model, outer optimizer and algorithm for `cfg`, seeded."""
+    torch.manual_seed(cfg.seed)
+    task = instantiate(cfg.task)
+    model = instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim)
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    algo = instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
+    return task, model, optimizer, algo
+
+
+def fingerprint(cfg):
+    """The settings a resumed run must share with its checkpoint."""
+    keep = ("algo", "task", "model", "optim", "seed", "meta_batch_size")
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {k: json.dumps(plain[k], sort_keys=True) for k in keep}
+
+
+def write_summary(run_dir, summary):
+    atomic_write(Path(run_dir) / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+
+
+def run(cfg, run_dir, group=None, name=None):
+    """Meta-train according to `cfg`, writing into `run_dir`. Returns the summary dict."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task, model, optimizer, algo = build(cfg)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    ckpt_path = run_dir / "checkpoint.pt"
+    start, train_time = 0, 0.0
+    oracle = dict.fromkeys(ORACLE_KEYS, 0)
+    if cfg.resume:
+        state = checkpoint.load(ckpt_path)
+        checkpoint.check_matches(ckpt_path, state, model, fingerprint(cfg))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["task_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        start, train_time, oracle = state["iteration"], state["time"], {**oracle, **state["oracle"]}
+
+    print(f"metarun: writing to {run_dir}", flush=True)
+    loggers = Loggers(cfg, run_dir, group, name, start if cfg.resume else None)
+    summary = {"status": "running", "iteration": start, "run_dir": str(run_dir), "name": name, "group": group}
+    write_summary(run_dir, summary)
+
+    def evaluation(split, prefix):
+        # An algorithm with its own evaluation (RL: returns from fresh rollouts) provides `evaluate`.
+        per_task = (algo.evaluate if hasattr(algo, "evaluate") else partial(evaluate, algo, task))(
+            split, cfg.eval_tasks, cfg.eval_steps, cfg.eval_seed, cfg.eval_chunk)
+        return summarize(per_task, prefix)
+
+    def save(iteration):
+        checkpoint.save(ckpt_path, {
+            "iteration": iteration, "time": train_time, "oracle": oracle,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "task_rng": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "config": fingerprint(cfg),
+        })
+
+    def record(iteration, metrics):
+        row = {"iteration": iteration, "time": round(train_time, 4), **metrics}
+        row.update({f"oracle/{k}": v for k, v in oracle.items()})
+        if hasattr(task, "metrics"):
+            row.update({f"train/{k}": v for k, v in task.metrics(model).items()})
+        loggers.log(row)
+
+    last_good = start if cfg.resume else None
+    status = "failed"
+    try:
+        if start == 0:
+            record(0, evaluation("val", "eval"))
+        bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations,
+                   disable=not cfg.progress, desc=cfg.algo._target_.split('.')[-1], dynamic_ncols=True,
+                   mininterval=1.0)
+        for it in bar:
+            t0 = time.perf_counter()
+            batch = task.sample(cfg.meta_batch_size, generator, "train")
+            metrics = algo.step(batch)
+            train_time += time.perf_counter() - t0
+            if not all(math.isfinite(v) for v in metrics.values()):
+                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                kept = f"the last good checkpoint ({ckpt_path}, iteration {last_good}) is kept" if last_good is not None else "no checkpoint was written yet"
+                raise NonFiniteLoss(f"training stopped at iteration {it}: non-finite {bad}; lower optim.lr or algo.inner_lr; {kept}")
+            for k, v in algo.oracle_calls(cfg.meta_batch_size).items():
+                oracle[k] += v
+            row = {f"train/{k}": v for k, v in metrics.items()}
+            if it % cfg.eval_every == 0 or it == cfg.iterations:
+                row.update(evaluation("val", "eval"))
+                record(it, row)
+            elif it % cfg.log_every == 0:
+                record(it, row)
+            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                save(it)
+                last_good = it
+            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if k in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy")}, refresh=False)
+        bar.close()
+        final = evaluation("test", "test")
+        summary.update(final, status="completed", iteration=cfg.iterations, time=train_time,
+                       **{f"oracle/{k}": v for k, v in oracle.items()})
+        status = "completed"
+        return summary
+    except NonFiniteLoss as e:
+        summary.update(status="failed", error=str(e))
+        raise
+    except KeyboardInterrupt:
+        summary.update(status="interrupted", error="interrupted by the user; continue with resume=true")
+        raise
+    except Exception as e:
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        write_summary(run_dir, summary)
+        loggers.finish(summary if status == "completed" else {"status": summary["status"]})
