@@ -67,7 +67,7 @@ def check_override(line, exc):
         options = group_options(group)
         for v in chosen:
             if v not in options:
-                raise ConfigError(group, v, "one of " + ", ".join(options))
+                raise ConfigError(group, v, "must be one of " + ", ".join(options))
     raise ConfigError(key, value, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
@@ -88,7 +88,7 @@ def precheck(argv):
                 v = o.value() if value is None else value
                 for option in (v if isinstance(v, list) else [v]):
                     if str(option) not in group_options(key.lstrip("+")):
-                        raise ConfigError(key.lstrip("+"), str(option), "one of " + ", ".join(group_options(key.lstrip("+"))))
+                        raise ConfigError(key.lstrip("+"), str(option), "must be one of " + ", ".join(group_options(key.lstrip("+"))))
     plain = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
     GlobalHydra.instance().clear()
     with initialize_config_module("metarun.conf", version_base="1.3"):

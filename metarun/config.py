@@ -41,6 +41,7 @@ def _bool():
 # Keys absent from a config (a task family's own options) are skipped.
 RULES = {
     "seed": _int(0),
+    "threads": _int(1),
     "iterations": _int(0),
     "meta_batch_size": _int(1),
     "log_every": _int(1),

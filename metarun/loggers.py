@@ -6,6 +6,7 @@ cannot start at all the run goes on with a warning.
 import json
 import netrc
 import os
+import secrets
 import warnings
 from pathlib import Path
 
@@ -60,7 +61,7 @@ class WandbLogger:
         if mode == "auto":
             mode = os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
         id_file = Path(run_dir) / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if resume and id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if resume and id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id)
         kwargs = dict(
             project=cfg.logger.wandb.project,
@@ -100,7 +101,10 @@ class Loggers:
         if "jsonl" in cfg.logger:
             self.sinks.append(JsonlLogger(run_dir, resume_iteration))
         if "wandb" in cfg.logger:
-            self.sinks.append(WandbLogger(cfg, run_dir, group, name, resume_iteration is not None))
+            try:
+                self.sinks.append(WandbLogger(cfg, run_dir, group, name, resume_iteration is not None))
+            except Exception as e:  # noqa: BLE001 - W&B trouble must never cost the run
+                warnings.warn(f"W&B logging is off for this run: {type(e).__name__}: {e}")
 
     def log(self, metrics):
         for sink in self.sinks:

@@ -11,13 +11,14 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from metarun import checkpoint
 from metarun.checkpoint import atomic_write
-from metarun.config import validate
+from metarun.config import ConfigError, DataError, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
 
@@ -30,12 +31,24 @@ class NonFiniteLoss(RuntimeError):
 
 def build(cfg):
     """Task family, model, outer optimizer and algorithm for `cfg`, seeded."""
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    task = instantiate(cfg.task)
-    model = instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim)
-    optimizer = instantiate(cfg.optim)(model.parameters())
-    algo = instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
+    task = _instantiate(cfg.task)
+    model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim)
+    optimizer = _instantiate(cfg.optim)(model.parameters())
+    algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
     return task, model, optimizer, algo
+
+
+def _instantiate(node, **kwargs):
+    """Hydra's instantiate, but a user mistake raised by a constructor surfaces as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (ConfigError, DataError)):
+            raise e.__cause__ from None
+        raise
 
 
 def fingerprint(cfg):

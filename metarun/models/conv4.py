@@ -11,10 +11,28 @@ import torch
 from torch import nn
 
 
+class TaskBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with batch statistics only, written with plain tensor ops.
+
+    torch's fused batch-norm kernel gives wrong second-order gradients under `vmap` (its
+    double-backward batching rule; seen with torch 2.14), which would silently corrupt MAML's
+    meta-gradient. Mean and variance written out are exact to any order and vmap cleanly.
+    """
+
+    def __init__(self, num_features, eps=1e-5):
+        super().__init__(num_features, eps=eps, track_running_stats=False)
+
+    def forward(self, x):
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        var = x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+        scale = self.weight[:, None, None] * torch.rsqrt(var + self.eps)
+        return (x - mean) * scale + self.bias[:, None, None]
+
+
 def conv_block(in_channels, out_channels):
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1),
-        nn.BatchNorm2d(out_channels, track_running_stats=False),
+        TaskBatchNorm2d(out_channels),
         nn.ReLU(),
         nn.MaxPool2d(2),
     )

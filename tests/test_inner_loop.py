@@ -1,0 +1,212 @@
+"""The functional inner loop: meta-gradients against hand-derived values, batching, subsets."""
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import vmap
+
+from metarun.algos.maml import MAML
+from metarun.config import ConfigError
+from metarun.inner_loop import adapt, adapted_names, task_functions
+from metarun.models.conv4 import Conv4
+from metarun.models.mlp import MLP
+
+REGRESSION = SimpleNamespace(loss_fn=lambda out, y: F.mse_loss(out, y), classification=False)
+CLASSIFICATION = SimpleNamespace(loss_fn=F.cross_entropy, classification=True)
+
+
+class LinearHead(nn.Module):
+    """f(x) = w . x: the inner loss is an exact quadratic with Hessian 2/n X^T X."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.body = nn.Identity()
+        self.head = nn.Linear(d, 1, bias=False)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def quadratic_batch(tasks=3, n=6, d=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(tasks, n, *s, generator=g, dtype=torch.float64) for s in ((d,), (1,), (d,), (1,)))
+
+
+def hand_maml_gradient(w, batch, alpha, steps, l2, first_order):
+    """d/dw mean_i L_q,i(w_N,i) for MSE, derived by hand: prod_k (I - alpha H_i) grad L_q(w_N)."""
+    grads = []
+    for sx, sy, qx, qy in zip(*batch):
+        n, d = sx.shape
+        hessian = 2 / n * sx.T @ sx + 2 * l2 * torch.eye(d, dtype=w.dtype)
+        b = 2 / n * sx.T @ sy[:, 0]
+        v = w.clone()
+        for _ in range(steps):
+            v = v - alpha * (hessian @ v - b)
+        g_query = 2 / qx.shape[0] * qx.T @ (qx @ v - qy[:, 0])
+        jacobian = torch.linalg.matrix_power(torch.eye(d, dtype=w.dtype) - alpha * hessian, steps)
+        grads.append(g_query if first_order else jacobian @ g_query)
+    return torch.stack(grads).mean(0)
+
+
+@pytest.mark.parametrize("steps,l2", [(1, 0.0), (3, 0.0), (2, 0.5)])
+def test_maml_meta_gradient_matches_hand_derivation(steps, l2):
+    torch.manual_seed(0)
+    model = LinearHead(4).double()
+    batch = quadratic_batch()
+    w = model.head.weight.detach()[0].clone()
+    results = {}
+    for first_order in (False, True):
+        algo = MAML(model, None, REGRESSION, ["*"], steps, 0.1, l2, first_order)
+        model.zero_grad()
+        algo.meta_loss(batch)["loss"].backward()
+        results[first_order] = model.head.weight.grad[0].clone()
+        expected = hand_maml_gradient(w, batch, 0.1, steps, l2, first_order)
+        torch.testing.assert_close(results[first_order], expected, rtol=1e-10, atol=1e-12)
+    # For one step the two differ by exactly the Hessian term -alpha * H grad L_q(w_1).
+    if steps == 1 and l2 == 0:
+        hessian_terms = []
+        for sx, sy, qx, qy in zip(*batch):
+            h = 2 / sx.shape[0] * sx.T @ sx
+            w1 = w - 0.1 * (h @ w - 2 / sx.shape[0] * sx.T @ sy[:, 0])
+            hessian_terms.append(-0.1 * h @ (2 / qx.shape[0] * qx.T @ (qx @ w1 - qy[:, 0])))
+        torch.testing.assert_close(results[False] - results[True], torch.stack(hessian_terms).mean(0))
+        assert (results[False] - results[True]).abs().max() > 1e-3  # the term is not trivially zero
+
+
+def test_zero_inner_steps_is_plain_query_loss():
+    model = LinearHead(4).double()
+    batch = quadratic_batch()
+    algo = MAML(model, None, REGRESSION, ["*"], 0, 0.1)
+    loss = algo.meta_loss(batch)["loss"]
+    expected = torch.stack([F.mse_loss(model(qx), qy) for _, _, qx, qy in zip(*batch)]).mean()
+    torch.testing.assert_close(loss, expected)
+
+
+def clone_loop_meta_gradient(model, batch, adapted, steps, lr):
+    """Reference MAML written the learn2learn way: per task, clone the module, autograd.grad(create_graph)."""
+    model.zero_grad()
+    total = 0
+    for sx, sy, qx, qy in zip(*batch):
+        params = dict(model.named_parameters())
+        fast = {k: params[k] for k in adapted}
+        for _ in range(steps):
+            clone = copy.deepcopy(model)
+            out = torch.func.functional_call(clone, {**params, **fast}, (sx,))
+            grads = torch.autograd.grad(F.cross_entropy(out, sy), list(fast.values()), create_graph=True)
+            fast = {k: v - lr * g for (k, v), g in zip(fast.items(), grads)}
+        total = total + F.cross_entropy(torch.func.functional_call(model, {**params, **fast}, (qx,)), qy)
+    (total / len(batch[0])).backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+def image_batch(tasks=3, ways=3, shots=2, query=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tasks, ways * (shots + query), 1, 12, 12, generator=g)
+    y = torch.arange(ways).repeat_interleave(shots + query).expand(tasks, -1)
+    s = ways * shots
+    return x[:, :s], y[:, :s].contiguous(), x[:, s:], y[:, s:].contiguous()
+
+
+@pytest.mark.parametrize("patterns", [["*"], ["head.*"], ["body.2.*", "head.*"]])
+def test_vmapped_batch_equals_per_task_clone_loop(patterns):
+    torch.manual_seed(0)
+    model = Conv4((1, 12, 12), 3, channels=8, blocks=3)
+    batch = image_batch()
+    algo = MAML(model, None, CLASSIFICATION, patterns, 2, 0.3)
+    model.zero_grad()
+    metrics = algo.meta_loss(batch)
+    metrics["loss"].backward()
+    vmapped = {k: p.grad.clone() for k, p in model.named_parameters()}
+    # The same per-task function without vmap, one task at a time.
+    params = dict(model.named_parameters())
+    per_task = [algo.task_loss(params, *(t[i] for t in batch))["loss"] for i in range(3)]
+    torch.testing.assert_close(metrics["loss"], torch.stack(per_task).mean(), rtol=1e-5, atol=1e-6)
+    reference = clone_loop_meta_gradient(model, batch, algo.adapted, 2, 0.3)
+    for k in vmapped:
+        torch.testing.assert_close(vmapped[k], reference[k], rtol=1e-4, atol=1e-6)
+
+
+def test_anil_adapts_only_the_head_and_runs_the_body_once():
+    torch.manual_seed(0)
+    model = Conv4((1, 12, 12), 3, channels=8, blocks=2)
+    params = dict(model.named_parameters())
+    adapted = adapted_names(model, ["head.*"])
+    assert adapted == ["head.weight", "head.bias"]
+    sx, sy, _, _ = (t[0] for t in image_batch())
+    calls = []
+    model.body.register_forward_hook(lambda *a: calls.append(1))
+    prepare, predict = task_functions(model, params, adapted)
+    features = prepare(sx)
+    fast = adapt(lambda p: F.cross_entropy(predict(p, features), sy), {k: params[k] for k in adapted}, 5, 0.5)
+    assert set(fast) == {"head.weight", "head.bias"}
+    assert len(calls) == 1  # five inner steps, one body pass
+    assert not torch.equal(fast["head.weight"], params["head.weight"])
+    # Equal to adapting the whole model with the body frozen.
+    _, full_predict = task_functions(model, params, adapted + [])
+    torch.testing.assert_close(predict(fast, features), model.head(features) * 0 + full_predict(fast, features))
+    manual = {k: params[k].detach().clone().requires_grad_() for k in adapted}
+    for _ in range(5):
+        loss = F.cross_entropy(torch.func.functional_call(model, {**params, **manual}, (sx,)), sy)
+        grads = torch.autograd.grad(loss, list(manual.values()))
+        manual = {k: (v - 0.5 * g).detach().requires_grad_() for (k, v), g in zip(manual.items(), grads)}
+    for k in adapted:
+        torch.testing.assert_close(fast[k], manual[k], rtol=1e-5, atol=1e-6)
+
+
+def test_anil_body_passes_do_not_grow_with_inner_steps():
+    model = Conv4((1, 12, 12), 3, channels=8, blocks=2)
+    calls = []
+    model.body.register_forward_hook(lambda *a: calls.append(1))
+    counts = {}
+    for patterns in (["head.*"], ["*"]):
+        for steps in (1, 4):
+            calls.clear()
+            MAML(model, None, CLASSIFICATION, patterns, steps, 0.1).meta_loss(image_batch())
+            counts[patterns[0], steps] = len(calls)
+    assert counts["head.*", 1] == counts["head.*", 4] == 2  # support and query, once each
+    assert counts["*", 4] > counts["*", 1]
+
+
+def test_pattern_that_matches_nothing_lists_parameter_names():
+    model = MLP((1,), 1)
+    with pytest.raises(ConfigError) as err:
+        adapted_names(model, ["head.*", "decoder.*"])
+    message = str(err.value)
+    assert "algo.adapt" in message and "decoder.*" in message and "body.1.weight" in message and "head.bias" in message
+
+
+def test_adapted_subset_by_patterns_keeps_model_order():
+    model = Conv4((1, 12, 12), 3, channels=8, blocks=3)
+    assert adapted_names(model, ["head.*", "body.2.*"]) == ["body.2.0.weight", "body.2.0.bias", "body.2.1.weight", "body.2.1.bias", "head.weight", "head.bias"]
+
+
+def test_batchnorm_uses_per_task_batch_statistics_under_vmap():
+    model = Conv4((1, 12, 12), 3, channels=8, blocks=2)
+    x = image_batch()[0]
+    params = dict(model.named_parameters())
+    vmapped = vmap(lambda xi: torch.func.functional_call(model, params, (xi,)))(x)
+    for i in range(x.shape[0]):
+        torch.testing.assert_close(vmapped[i], model(x[i]), rtol=1e-5, atol=1e-6)
+    assert dict(model.named_buffers()) == {}  # no running statistics to leak between tasks
+
+
+def test_task_batchnorm_equals_torch_batchnorm_in_training_mode():
+    from metarun.models.conv4 import TaskBatchNorm2d
+
+    torch.manual_seed(0)
+    ours, theirs = TaskBatchNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False)
+    with torch.no_grad():
+        for m in (ours, theirs):
+            m.weight.copy_(torch.tensor([0.5, 1.0, 2.0, -1.0]))
+            m.bias.copy_(torch.tensor([0.1, 0.0, -0.3, 1.0]))
+    x = torch.randn(6, 4, 5, 5, requires_grad=True)
+    out_ours, out_theirs = ours(x), theirs(x)
+    torch.testing.assert_close(out_ours, out_theirs, rtol=1e-5, atol=1e-5)
+    w = torch.randn_like(out_ours)
+    g_ours = torch.autograd.grad((out_ours * w).sum(), [x, ours.weight, ours.bias])
+    g_theirs = torch.autograd.grad((out_theirs * w).sum(), [x, theirs.weight, theirs.bias])
+    for a, b in zip(g_ours, g_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
