@@ -128,17 +128,28 @@ def _validate(cfg):
 
 
 def expand_run_dir(argv):
-    """`run_dir=X resume=true`: rerun X with the overrides it was started with, in place."""
+    """Commands on an existing run dir X start from the overrides X was trained with.
+
+    `run_dir=X resume=true` continues X in place; `run_dir=X mode=eval` evaluates X's checkpoint
+    into X/eval/<time>, leaving the training record untouched. Later overrides win.
+    """
     values = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
     run_dir = values.get("run_dir")
-    if not run_dir or values.get("resume", "false").lower() != "true" or "-m" in argv or "--multirun" in argv:
+    resume = values.get("resume", "false").lower() == "true"
+    evaluating = values.get("mode") == "eval"
+    if "-m" in argv or "--multirun" in argv or not (resume or evaluating):
+        return argv
+    if not run_dir:
+        if evaluating:
+            raise ConfigError("run_dir", None, "mode=eval needs run_dir=<a training run dir>")
         return argv
     saved = Path(run_dir) / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise DataError(f"run_dir={run_dir} has no .hydra/overrides.yaml: not a metarun run dir")
-    own = {"resume", "run_dir", "hydra.run.dir"}
+    own = {"resume", "run_dir", "hydra.run.dir", "mode"}
     previous = [o for o in OmegaConf.to_container(OmegaConf.load(saved)) if o.split("=")[0] not in own]
-    return previous + argv + [f"hydra.run.dir={run_dir}"]
+    target = run_dir if resume else f"{run_dir}/eval/${{now:%Y-%m-%d_%H-%M-%S}}"
+    return previous + argv + [f"hydra.run.dir={target}"]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://metarun.conf", config_name="config")
@@ -147,10 +158,15 @@ def hydra_main(cfg):
 
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
-    group = Path(hc.sweep.dir).name if multirun else None
+    group = str(hc.sweep.dir) if multirun else None
     name = hc.job.override_dirname or "default"
     try:
-        summary = run(cfg, hc.runtime.output_dir, group=group, name=name)
+        if cfg.mode == "eval":
+            from metarun.learner import evaluate_run
+
+            summary = evaluate_run(cfg, hc.runtime.output_dir)
+        else:
+            summary = run(cfg, hc.runtime.output_dir, group=group, name=name)
     except (ConfigError, DataError) as e:
         fail(e)
     except NonFiniteLoss as e:
