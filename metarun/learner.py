@@ -1,0 +1,301 @@
+"""Using a trained run: meta-test its checkpoint (`metarun mode=eval`) and adapt it to new tasks.
+
+`evaluate_run` is what `metarun mode=eval run_dir=<run>` calls: the run's model is rebuilt from
+the composed config (the run's overrides, then the user's), its checkpoint loaded, and the
+meta-test split evaluated exactly as at the end of training.
+
+`load_learner(run_dir)` gives a `Learner` for your own few-shot tasks:
+
+    learner = metarun.load_learner("outputs/runs/2026-11-22/10-00-00")
+    learner.adapt(support_paths, support_labels)    # e.g. ["a/1.png", ...], ["cat", "cat", "dog", ...]
+    probs = learner.predict(query_paths)            # (n, ways) tensor; column j is learner.classes[j]
+    labels = learner.predict_labels(query_paths)    # ["dog", "cat", ...]
+
+Adaptation is the run's own inner loop (`metarun.inner_loop.adapt` on the run's adapted
+subset, with its inner lr, L2 and number of steps), and image files go through the task's
+`load_images`, so the preprocessing is the training preprocessing.
+
+A different number of classes than the checkpoint's head was trained for is allowed when the
+head adapts: the output layer is then zero-initialised (Ye & Chao, 2021, "How to train your MAML
+to excel in few-shot classification": with a zero head every class starts equal, so any number
+of ways can be adapted to) and everything else loaded; the output says so.
+"""
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from torch import nn
+from torch.func import vmap
+
+from metarun import checkpoint
+from metarun.config import ConfigError, DataError, validate
+from metarun.evaluate import evaluate, summarize
+from metarun.inner_loop import adapt, task_functions
+from metarun.train import build, write_summary
+
+ZERO_INIT = "zero-initialised (Ye & Chao, 2021)"
+
+
+def read_checkpoint(path):
+    """The checkpoint at `path` (weights_only), or a DataError saying what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no checkpoint at {path}: the run has not written one yet (it does every checkpoint_every "
+                        f"iterations and at the end)")
+    return checkpoint.load(path)
+
+
+def restore(model, saved, adapted, source):
+    """Load the state dict `saved` into `model`; returns the names zero-initialised.
+
+    Only output-layer tensors whose shape differs (another number of ways) are zero-initialised,
+    and only when they adapt: a zero head that never adapts would predict nothing.
+    """
+    current = model.state_dict()
+    if saved.keys() != current.keys():
+        diff = sorted(set(saved) ^ set(current))
+        raise DataError(f"{source} was written for a different model (differs in: {', '.join(diff[:8])})")
+    mismatched = [k for k in saved if saved[k].shape != current[k].shape]
+    body = [k for k in mismatched if not k.startswith("head.")]
+    if body:
+        shapes = "; ".join(f"{k}: saved {tuple(saved[k].shape)}, now {tuple(current[k].shape)}" for k in body[:4])
+        raise DataError(f"{source} was written for a different model body ({shapes})")
+    frozen = [k for k in mismatched if k not in adapted]
+    if frozen:
+        raise DataError(f"{source}: the head has {saved[frozen[0]].shape[0]} outputs, {current[frozen[0]].shape[0]} are "
+                        f"needed now, and {', '.join(frozen)} do not adapt (algo.adapt), so a new head could not be "
+                        "learned; use the trained number of ways")
+    model.load_state_dict({**saved, **{k: torch.zeros_like(current[k]) for k in mismatched}})
+    return mismatched
+
+
+def zero_init_note(names, old, new):
+    return f"the checkpoint's head has {old} outputs and the task {new} ways: {', '.join(names)} {ZERO_INIT}"
+
+
+def evaluate_run(cfg, out_dir):
+    """Meta-test the checkpoint of the training run `cfg.run_dir` into `out_dir`; returns the summary.
+
+    The "test/*" figures are those of `metarun.train.run`'s final evaluation: `cfg.eval_tasks`
+    fixed tasks (seed `cfg.eval_seed`) of the test split, after 0..K inner steps, where K is
+    the larger of `cfg.eval_steps` and `cfg.algo.inner_steps`; "test/<metric>" is after K steps.
+    """
+    start = time.perf_counter()
+    validate(cfg)
+    if not cfg.get("run_dir"):
+        raise ConfigError("run_dir", None, "mode=eval needs run_dir=<a training run dir>")
+    source = Path(cfg.run_dir)
+    if not source.is_dir():
+        raise DataError(f"run_dir={source} does not exist")
+    out_dir = Path(out_dir)
+    if out_dir.resolve() == source.resolve():
+        raise ConfigError("hydra.run.dir", str(out_dir), "a folder other than run_dir: evaluation never writes over "
+                          "the training run's files")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"metarun: evaluating {source / 'checkpoint.pt'} into {out_dir}", flush=True)
+    summary = {"status": "running", "mode": "eval", "run_dir": str(out_dir), "source_run_dir": str(source)}
+    write_summary(out_dir, summary)
+    try:
+        task, model, _, algo = build(cfg)
+        path = source / "checkpoint.pt"
+        state = read_checkpoint(path)
+        zeroed = restore(model, state["model"], algo.adapted, f"checkpoint {path}")
+        if zeroed:
+            old = state["model"][zeroed[0]].shape[0]
+            note = zero_init_note(zeroed, old, task.output_dim)
+            print(f"metarun: {note}", flush=True)
+            summary["head"] = note
+        summary["zero_init"] = zeroed
+        summary["checkpoint_iteration"] = state.get("iteration")
+        # `metarun mode=eval ... algo.inner_steps=10` should report the accuracy after 10 steps,
+        # even when the run evaluated fewer (eval_steps): report 0..max(eval_steps, inner_steps).
+        steps = max(cfg.eval_steps, cfg.algo.get("inner_steps", 0))
+        if hasattr(algo, "evaluate"):  # an algorithm with its own evaluation (RL)
+            per_task = algo.evaluate("test", cfg.eval_tasks, steps, cfg.eval_seed, cfg.eval_chunk)
+        else:
+            per_task = evaluate(algo, task, "test", cfg.eval_tasks, steps, cfg.eval_seed, cfg.eval_chunk)
+        summary.update(summarize(per_task, "test"), status="completed")
+        return summary
+    except KeyboardInterrupt:
+        summary.update(status="interrupted", error="interrupted by the user")
+        raise
+    except Exception as e:
+        summary.update(status="failed", error=str(e) if isinstance(e, (ConfigError, DataError)) else f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        summary["time"] = time.perf_counter() - start
+        write_summary(out_dir, summary)
+
+
+def load_learner(run_dir, overrides=()):
+    """A `Learner` from a training run dir: its `.hydra/config.yaml` and `checkpoint.pt`.
+
+    `overrides` are dotlist strings applied to the run's config before anything is built, e.g.
+    ``["task.root=/data"]`` when the data set has moved, or ``["algo.inner_steps=10"]``. The task
+    family is rebuilt from the config, so its data (or its cache) must be reachable.
+    Raises DataError for a missing run dir, config or checkpoint, or a corrupt checkpoint.
+    """
+    run_dir = Path(run_dir)
+    config = run_dir / ".hydra" / "config.yaml"
+    if not run_dir.is_dir():
+        raise DataError(f"run dir {run_dir} does not exist")
+    if not config.is_file():
+        raise DataError(f"{run_dir} has no .hydra/config.yaml: not a metarun run dir")
+    try:
+        cfg = OmegaConf.load(config)
+        for line in overrides:
+            key, eq, _ = line.partition("=")
+            if not eq or OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+                raise ConfigError("override", line, f"KEY=VALUE with KEY a key of {config}")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    except ConfigError:
+        raise
+    except Exception as e:  # unreadable YAML, an unparsable value
+        raise DataError(f"cannot read {config} with overrides {list(overrides)}: {str(e).splitlines()[0]}") from None
+    validate(cfg)
+    # build() seeds torch's global generator; a library call should not change the caller's.
+    with torch.random.fork_rng(devices=[]):
+        task, model, _, algo = build(cfg)
+    if hasattr(algo, "evaluate") or not hasattr(task, "loss_fn"):
+        raise DataError(f"{run_dir} is a {type(algo).__name__} run; load_learner supports supervised runs "
+                        "(classification or regression)")
+    path = run_dir / "checkpoint.pt"
+    state = read_checkpoint(path)
+    zeroed = restore(model, state["model"], algo.adapted, f"checkpoint {path}")
+    return Learner(cfg, task, model, algo.adapted, algo.inner_lr, algo.inner_l2, cfg.algo.inner_steps, state["model"], zeroed)
+
+
+def _batch_statistics(model):
+    """True when some layer normalises by the statistics of the batch it sees (conv4's BatchNorm)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class Learner:
+    """A trained run's model, adapted to one few-shot task at a time.
+
+    `adapt(support_x, support_y)` runs the run's inner loop on the support set; `predict(query_x)`
+    returns class probabilities (classification) or outputs (regression) of the adapted model.
+    Inputs are tensors ``(n, *task.input_shape)`` or, for image tasks, lists of image paths.
+    """
+
+    def __init__(self, cfg, task, model, adapted, inner_lr, inner_l2, inner_steps, trained_state, zero_init=()):
+        self.cfg, self.task, self.model = cfg, task, model
+        self.adapted, self.inner_lr, self.inner_l2, self.inner_steps = adapted, inner_lr, inner_l2, inner_steps
+        self.trained_state = trained_state  # kept to rebuild the model for another number of ways
+        self.classes = None  # support labels in output order, after adapt (classification)
+        self.zero_init = list(zero_init)  # output-layer tensors zero-initialised for the current number of ways
+        self.fast = None
+        self.ways = task.output_dim  # outputs of the current model's head
+
+    @property
+    def input_shape(self):
+        return tuple(self.task.input_shape)
+
+    def inputs(self, x, name):
+        """A float tensor (n, *input_shape) from a tensor or a list of image paths."""
+        if isinstance(x, (str, Path)):
+            raise DataError(f"{name} is a single path; pass a list of image paths")
+        if isinstance(x, (list, tuple)) and x and all(isinstance(p, (str, Path)) for p in x):
+            if not hasattr(self.task, "load_images"):
+                raise DataError(f"{name}: the task {type(self.task).__name__} does not read image files; pass a tensor")
+            return self.task.load_images(list(x))
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"{name} must be a tensor of shape (n, {', '.join(map(str, self.input_shape))}) "
+                            f"or a list of image paths, not {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.input_shape or x.ndim != len(self.input_shape) + 1 or len(x) == 0:
+            raise DataError(f"{name} has shape {tuple(x.shape)}; the run's model takes (n, "
+                            f"{', '.join(map(str, self.input_shape))}) with n >= 1 "
+                            "(image files are resized by passing their paths instead)")
+        if not x.is_floating_point():
+            raise DataError(f"{name} has dtype {x.dtype}; the model takes floats (images in [0, 1] as in training)")
+        return x.detach().float()
+
+    def labels(self, support_y, n):
+        """Class indices 0..ways-1 for any hashable labels (sorted when they sort, else in order of appearance)."""
+        values = support_y.tolist() if isinstance(support_y, torch.Tensor) else list(support_y)
+        if len(values) != n:
+            raise DataError(f"support_x has {n} examples but support_y has {len(values)} labels")
+        if not self.task.classification:
+            return None, torch.as_tensor(values, dtype=torch.float32).reshape(n, -1)
+        try:
+            classes = sorted(set(values))
+        except TypeError:  # labels of mixed types
+            classes = list(dict.fromkeys(values))
+        if len(classes) < 2:
+            raise DataError(f"the support set has a single class ({classes[0]!r}); a few-shot task needs at least 2")
+        index = {c: i for i, c in enumerate(classes)}
+        return classes, torch.tensor([index[v] for v in values])
+
+    def set_ways(self, ways):
+        """Rebuild the model for `ways` outputs when it differs from the current head (zero-init)."""
+        if ways == self.ways:
+            return
+        with torch.random.fork_rng(devices=[]):
+            model = instantiate(self.cfg.model, input_shape=self.task.input_shape, output_dim=ways)
+        mismatched = restore(model, self.trained_state, self.adapted, f"the support set has {ways} classes; the run's checkpoint")
+        self.model, self.zero_init, self.ways = model, mismatched, ways
+        if mismatched:
+            old = self.trained_state[mismatched[0]].shape[0]
+            warnings.warn(f"metarun: {zero_init_note(mismatched, old, ways)}", stacklevel=3)
+
+    @torch.no_grad()  # torch.func.grad inside still differentiates; the adapted weights come out detached
+    def adapt(self, support_x, support_y, steps=None):
+        """Adapt to a task from its support set; returns self.
+
+        support_x: tensor (n, *input_shape) or list of n image paths. support_y: n labels of any
+        hashable kind (ints, class-folder names); at least 2 classes. steps: inner steps, default
+        the run's `algo.inner_steps` (more steps often help at test time).
+        """
+        steps = self.inner_steps if steps is None else steps
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+            raise ConfigError("steps", steps, "an integer >= 0")
+        x = self.inputs(support_x, "support_x")
+        classes, y = self.labels(support_y, len(x))
+        if classes is not None:
+            self.set_ways(len(classes))
+        params = {k: v.detach() for k, v in self.model.named_parameters()}
+        prepare, predict = task_functions(self.model, params, self.adapted)
+        hs = prepare(x)
+        fast = {k: params[k] for k in self.adapted}
+        self.fast = adapt(lambda p: self.task.loss_fn(predict(p, hs), y), fast, steps, self.inner_lr, self.inner_l2,
+                          first_order=True)
+        self.params, self.classes, self.support_x = params, classes, x
+        return self
+
+    @torch.no_grad()
+    def predict(self, query_x, transductive=False, chunk=64):
+        """Class probabilities (n, ways) of the adapted model (outputs, for regression); call `adapt` first.
+
+        The network's BatchNorm normalises by the statistics of the batch it sees. By default
+        each query image is normalised together with the support set (the batch the head was
+        adapted on), so an image's prediction does not depend on which other images are asked
+        about, and a single image works. `transductive=True` normalises the query batch by its
+        own statistics instead: the meta-training and meta-test protocol, which reproduces
+        metarun's evaluation figures but needs a batch like a training query set. For models
+        without batch statistics the two are identical.
+        """
+        if self.fast is None:
+            raise DataError("call adapt(support_x, support_y) before predict")
+        x = self.inputs(query_x, "query_x")
+        prepare, predict = task_functions(self.model, self.params, self.adapted)
+        if transductive or not _batch_statistics(self.model):
+            out = predict(self.fast, prepare(x))
+        else:
+            support = self.support_x
+
+            def one(xi):
+                return predict(self.fast, prepare(torch.cat([support, xi[None]])))[-1]
+
+            out = vmap(one, chunk_size=chunk)(x)
+        return F.softmax(out, dim=-1) if self.task.classification else out
+
+    def predict_labels(self, query_x, transductive=False):
+        """The most probable support label of each query example (the labels given to `adapt`)."""
+        if not self.task.classification:
+            raise DataError("predict_labels is for classification runs; use predict for regression outputs")
+        probs = self.predict(query_x, transductive)
+        return [self.classes[i] for i in probs.argmax(-1).tolist()]
