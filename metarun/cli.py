@@ -21,7 +21,7 @@ from metarun.config import ConfigError, DataError, validate
 
 # Flags after which the arguments are not plain overrides; the pre-check leaves those to Hydra.
 HYDRA_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--info", "-i",
-               "--help", "-h", "--hydra-help", "--version", "--shell-completion", "-sc", "--resolve", "-p", "--package"}
+               "--help", "-h", "--cfg", "-c", "--hydra-help", "--version", "--shell-completion", "-sc", "--resolve", "-p", "--package"}
 
 
 def fail(message, code=2):

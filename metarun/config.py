@@ -40,6 +40,7 @@ def _bool():
 
 # Keys absent from a config (a task family's own options) are skipped.
 RULES = {
+    "scale": _choice("quick", "full"),  # first: presets interpolate their lengths from it
     "seed": _int(0),
     "threads": _int(1),
     "iterations": _int(0),
@@ -51,7 +52,6 @@ RULES = {
     "checkpoint_every": _int(1),
     "resume": _bool(),
     "mode": _choice("train", "eval"),
-    "scale": _choice("quick", "full"),
     "algo.inner_steps": _int(0),
     "algo.inner_lr": _positive(),
     "algo.inner_l2": _nonnegative(),

@@ -22,7 +22,8 @@ from metarun.config import ConfigError, DataError, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
 
-ORACLE_KEYS = ("inner_grad", "outer_grad", "second_order", "inner_grad_params", "second_order_params", "outer_grad_params")
+ORACLE_KEYS = ("inner_grad", "outer_grad", "second_order", "jacobian_vector",
+               "inner_grad_params", "second_order_params", "jacobian_vector_params", "outer_grad_params")
 
 
 class NonFiniteLoss(RuntimeError):

@@ -50,6 +50,7 @@ def test_short_sinusoid_run_lowers_post_adaptation_mse(tmp_path, algo):
     expected_inner = 400 * 25 * cfg.algo.inner_steps
     assert end["oracle/inner_grad"] == expected_inner
     assert end["oracle/second_order"] == (expected_inner if algo in ("maml", "anil") else 0)
+    assert end["oracle/jacobian_vector"] == (expected_inner if algo == "anil" else 0)  # frozen body
 
 
 def test_same_seed_gives_identical_metrics_and_other_seed_differs(tmp_path):

@@ -47,19 +47,26 @@ class MAML:
         return {k: v.item() for k, v in metrics.items()}
 
     def oracle_calls(self, meta_batch_size):
-        # Per task: N inner gradients, one outer gradient and, when second order, one
-        # Hessian-vector product per inner step on the way back (Ji et al., 2020, Sec. 3).
+        # Per task (Ji et al., 2020): N inner gradients, one outer gradient and, when second
+        # order, one Hessian-vector product per inner step on the way back. When some
+        # parameters do not adapt (ANIL), each of those steps also needs a mixed Jacobian-vector
+        # product d^2 L_S / d(frozen) d(adapted) . v, counted as `jacobian_vector`.
         # `*_params` weight each call by the number of parameters it differentiates, the
-        # measure in which ANIL (head only) is cheaper than MAML.
+        # measure in which ANIL (head only) is cheaper than MAML. Autograd computes the N mixed
+        # products with one backward pass through the frozen part per task, so that is what
+        # `jacobian_vector_params` charges.
         n = self.inner_steps * meta_batch_size
         dim = sum(p.numel() for name, p in self.model.named_parameters() if name in self.adapted)
         total = sum(p.numel() for p in self.model.parameters())
         second = 0 if self.first_order else n
+        mixed = second if total > dim else 0
         return {
             "inner_grad": n,
             "outer_grad": meta_batch_size,
             "second_order": second,
+            "jacobian_vector": mixed,
             "inner_grad_params": n * dim,
             "second_order_params": second * dim,
+            "jacobian_vector_params": meta_batch_size * (total - dim) if mixed else 0,
             "outer_grad_params": meta_batch_size * total,
         }

@@ -45,5 +45,5 @@ class Reptile:
     def oracle_calls(self, meta_batch_size):
         n = self.inner_steps * meta_batch_size
         dim = sum(p.numel() for name, p in self.model.named_parameters() if name in self.adapted)
-        return {"inner_grad": n, "outer_grad": 0, "second_order": 0, "inner_grad_params": n * dim,
-                "second_order_params": 0, "outer_grad_params": 0}
+        return {"inner_grad": n, "outer_grad": 0, "second_order": 0, "jacobian_vector": 0, "inner_grad_params": n * dim,
+                "second_order_params": 0, "jacobian_vector_params": 0, "outer_grad_params": 0}

@@ -1,0 +1,109 @@
+"""metarun-report on a real (tiny) multirun made with the metarun CLI."""
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import REPO, run_metarun
+from metarun import report
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """2 settings (N = 1, 2) x 2 seeds of ANIL on meta linear regression, 4 iterations each."""
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "multirun"
+    result = run_metarun(
+        "-m", "algo=anil", "task=linear_regression", "model=linear", "algo.inner_steps=1,2", "seed=0,1",
+        "iterations=4", "log_every=1", "eval_every=2", "eval_tasks=4", "eval_steps=2", "meta_batch_size=4",
+        "progress=false", f"hydra.sweep.dir={sweep_dir}", cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return sweep_dir
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_groups_averages_and_table(sweep, tmp_path):
+    out = report.report(sweep, out=tmp_path, smooth=1)
+    assert sorted(out["groups"]) == ["algo.inner_steps=1", "algo.inner_steps=2"]
+    assert all(len(g) == 2 for g in out["groups"].values())
+
+    # Seed averages equal the hand-computed means of the two runs' metrics.jsonl.
+    group = out["groups"]["algo.inner_steps=2"]
+    curve = report.seed_average(group, "train/loss")
+    rows = [jsonl(r["dir"] / "metrics.jsonl") for r in group]
+    for it in (1, 3, 4):
+        values = [next(x["train/loss"] for x in rs if x["iteration"] == it) for rs in rows]
+        assert curve.loc[it, "mean"] == pytest.approx(sum(values) / 2, rel=1e-12)
+        assert curve.loc[it, "std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2), rel=1e-9)
+    evals = report.seed_average(group, "eval/loss")
+    assert list(evals.index) == [0, 2, 4]
+
+    # Final test loss and its 95% CI over the two seeds: t(0.975, 1) * std / sqrt(2).
+    finals = [json.loads((r["dir"] / "summary.json").read_text())["test/loss"] for r in group]
+    row = out["table"].set_index("setting").loc["algo.inner_steps=2"]
+    assert row["final_test_loss"] == pytest.approx(sum(finals) / 2)
+    assert row["ci95"] == pytest.approx(12.706 * abs(finals[0] - finals[1]) / math.sqrt(2) / math.sqrt(2), rel=1e-6)
+    assert row["iterations"] == 4
+    # Oracle calls per iteration: N inner + 1 outer + N second-order gradients per task, 4 tasks.
+    assert row["oracle_calls_per_iter"] == pytest.approx((2 + 1 + 2) * 4)
+
+    # Iterations to reach a target: the first logged iteration whose seed mean is at or below it.
+    target = float(curve["mean"].iloc[2])
+    table = report.summary_table(out["groups"], "train/loss", target, 1, "loss")[0].set_index("setting")
+    assert table.loc["algo.inner_steps=2", "iters_to_target"] == int(curve.index[(curve["mean"] <= target).to_numpy()][0])
+
+    for name in ("train_loss.png", "eval_loss.png", "dist_to_opt.png"):
+        path = tmp_path / name
+        assert path.stat().st_size > 0
+        with Image.open(path) as image:
+            image.verify()
+            assert image.format == "PNG"
+    assert (tmp_path / "summary.csv").is_file() and "| setting |" in (tmp_path / "summary.md").read_text()
+
+
+def test_failed_crashed_and_missing_runs_are_flagged(sweep, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(sweep, broken)
+    jobs = sorted(p for p in broken.iterdir() if p.name.isdigit())
+    summary = json.loads((jobs[0] / "summary.json").read_text())
+    (jobs[0] / "summary.json").write_text(json.dumps({**summary, "status": "failed", "error": "NonFiniteLoss: boom"}))
+    (jobs[1] / "summary.json").unlink()        # crashed before writing a summary
+    shutil.rmtree(jobs[3])                     # never started
+    out = report.report(broken, smooth=1)
+    status = {r["job"]: r["status"] for r in out["runs"]}
+    assert status[jobs[0].name] == "failed" and status[jobs[1].name].startswith("no summary")
+    assert "1 failed" in out["table"].set_index("setting")["runs"].to_string()
+    assert "**failed** NonFiniteLoss: boom" in out["markdown"]
+    assert "1 of 4 declared jobs have no run dir" in out["markdown"]
+    runs_csv = pd.read_csv(broken / "report" / "runs.csv")
+    assert set(runs_csv["status"]) >= {"failed", "completed"}
+
+
+@pytest.mark.parametrize("name,message", [("missing", "does not exist"), ("empty", "has no runs")])
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys, name, message):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path / name)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metarun-report: error:") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.slow  # starts the W&B service: ~15 s alone, more under load
+def test_wandb_summary_run_is_offline_and_never_prompts(sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    result = subprocess.run([sys.executable, "-m", "metarun.report", str(copy), "--wandb"], capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "W&B (offline)" in result.stdout
+    assert list((copy / "wandb").glob("offline-run-*"))
