@@ -39,6 +39,8 @@ def build(cfg):
     model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim)
     optimizer = _instantiate(cfg.optim)(model.parameters())
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
+    if hasattr(task, "env") and not hasattr(algo, "evaluate"):
+        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks such as navigation2d")
     return task, model, optimizer, algo
 
 
@@ -136,7 +138,7 @@ def run(cfg, run_dir, group=None, name=None):
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
                 save(it)
                 last_good = it
-            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if k in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy")}, refresh=False)
+            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if k in ("train/loss", "train/accuracy", "train/return", "eval/loss", "eval/accuracy", "eval/return")}, refresh=False)
         bar.close()
         final = evaluation("test", "test")
         summary.update(final, status="completed", iteration=cfg.iterations, time=train_time,
