@@ -40,7 +40,9 @@ def adapt(inner_loss, fast, steps, lr, l2=0.0, first_order=False):
 
     for _ in range(steps):
         grads = grad(objective)(fast)
-        fast = {k: p - lr * (grads[k].detach() if first_order else grads[k]) for k, p in fast.items()}
+        # torch.add(p, g, alpha=-lr) is p - lr * g in one op: under vmap and grad every op costs
+        # dispatch overhead, which dominates small models such as the sinusoid MLP.
+        fast = {k: torch.add(p, grads[k].detach() if first_order else grads[k], alpha=-lr) for k, p in fast.items()}
     return fast
 
 
@@ -57,20 +59,23 @@ def task_functions(model, params, adapted, buffers=None):
     """
     buffers = buffers or {}
     frozen = {k: v for k, v in params.items() if k not in adapted}
+    # functional_call's weight-tying bookkeeping costs time on every call; skip it when the model
+    # ties no parameters (the usual case), where it changes nothing.
+    tied = any(len(list(named(remove_duplicate=False))) != len(list(named())) for named in (model.named_parameters, model.named_buffers))
     if all(n.startswith("head.") for n in adapted):
         body = (_strip("body.", frozen), _strip("body.", buffers))
         head_frozen, head_buffers = _strip("head.", frozen), _strip("head.", buffers)
 
         def prepare(x):
-            return functional_call(model.body, body, (x,))
+            return functional_call(model.body, body, (x,), tie_weights=tied)
 
         def predict(fast, h):
-            return functional_call(model.head, ({**head_frozen, **_strip("head.", fast)}, head_buffers), (h,))
+            return functional_call(model.head, ({**head_frozen, **_strip("head.", fast)}, head_buffers), (h,), tie_weights=tied)
 
         return prepare, predict
 
     def predict(fast, x):
-        return functional_call(model, ({**frozen, **fast}, buffers), (x,))
+        return functional_call(model, ({**frozen, **fast}, buffers), (x,), tie_weights=tied)
 
     return (lambda x: x), predict
 
