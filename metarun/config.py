@@ -57,6 +57,7 @@ RULES = {
     "algo.inner_l2": _nonnegative(),
     "algo.first_order": _bool(),
     "algo.epsilon": _positive(),
+    "algo.vmap_chunk": _int(1),
     "algo.outer": _choice("trpo", "adam"),
     "algo.trajectories": _int(1),
     "algo.cg_iters": _int(1),

@@ -210,3 +210,15 @@ def test_task_batchnorm_equals_torch_batchnorm_in_training_mode():
     g_theirs = torch.autograd.grad((out_theirs * w).sum(), [x, theirs.weight, theirs.bias])
     for a, b in zip(g_ours, g_theirs):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_vmap_gives_the_same_meta_gradient():
+    torch.manual_seed(0)
+    model = Conv4((1, 12, 12), 3, channels=8, blocks=2)
+    grads = []
+    for chunk in (None, 2):
+        model.zero_grad()
+        MAML(model, None, CLASSIFICATION, ["*"], 2, 0.3, vmap_chunk=chunk).meta_loss(image_batch(tasks=5))["loss"].backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-7)

@@ -15,8 +15,8 @@ from metarun.inner_loop import accuracy, adapt, adapted_names, task_functions
 
 
 class MAML:
-    def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, inner_l2=0.0, first_order=False):
-        self.model, self.optimizer, self.task = model, optimizer, task
+    def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, inner_l2=0.0, first_order=False, vmap_chunk=None):
+        self.model, self.optimizer, self.task, self.vmap_chunk = model, optimizer, task, vmap_chunk
         self.adapted = adapted_names(model, adapt)
         self.inner_steps, self.inner_lr, self.inner_l2, self.first_order = inner_steps, inner_lr, inner_l2, first_order
 
@@ -36,7 +36,7 @@ class MAML:
 
     def meta_loss(self, batch):
         params = dict(self.model.named_parameters())
-        per_task = vmap(self.task_loss, in_dims=(None, 0, 0, 0, 0), randomness="same")(params, *batch)
+        per_task = vmap(self.task_loss, in_dims=(None, 0, 0, 0, 0), randomness="same", chunk_size=self.vmap_chunk)(params, *batch)
         return {k: v.mean() for k, v in per_task.items()}
 
     def step(self, batch):

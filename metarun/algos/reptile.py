@@ -15,8 +15,8 @@ from metarun.inner_loop import accuracy, adapt, adapted_names, task_functions
 
 
 class Reptile:
-    def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, epsilon, inner_l2=0.0):
-        self.model, self.task = model, task
+    def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, epsilon, inner_l2=0.0, vmap_chunk=None):
+        self.model, self.task, self.vmap_chunk = model, task, vmap_chunk
         self.adapted = adapted_names(model, adapt)
         self.inner_steps, self.inner_lr, self.inner_l2, self.epsilon = inner_steps, inner_lr, inner_l2, epsilon
 
@@ -36,7 +36,7 @@ class Reptile:
     @torch.no_grad()
     def step(self, batch):
         params = {k: v.detach() for k, v in self.model.named_parameters()}
-        phi, metrics = vmap(self.adapt_task, in_dims=(None, 0, 0, 0, 0), randomness="same")(params, *batch)
+        phi, metrics = vmap(self.adapt_task, in_dims=(None, 0, 0, 0, 0), randomness="same", chunk_size=self.vmap_chunk)(params, *batch)
         named = dict(self.model.named_parameters())
         for k, p in phi.items():
             named[k].add_(self.epsilon * (p.mean(0) - named[k]))
