@@ -221,4 +221,4 @@ def test_chunked_vmap_gives_the_same_meta_gradient():
         MAML(model, None, CLASSIFICATION, ["*"], 2, 0.3, vmap_chunk=chunk).meta_loss(image_batch(tasks=5))["loss"].backward()
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for k in grads[0]:
-        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-5)
