@@ -58,6 +58,7 @@ RULES = {
     "algo.first_order": _bool(),
     "algo.epsilon": _positive(),
     "algo.vmap_chunk": _int(1),
+    "algo.compile": _bool(),
     "algo.outer": _choice("trpo", "adam"),
     "algo.trajectories": _int(1),
     "algo.cg_iters": _int(1),

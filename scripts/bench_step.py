@@ -38,6 +38,7 @@ ADAM = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "optim" / "
 
 TARGETS = {  # (setting, algorithm, reference, bound, kind)
     "sinusoid MAML at least 8x faster than the per-task loop": ("sinusoid", "maml", "loop", 8.0, "speedup"),
+    "sinusoid MAML with algo.compile=true at least 8x faster than the per-task loop": ("sinusoid", "maml-compiled", "loop", 8.0, "speedup"),
     "conv4 MAML at most 1.6x the plain-step floor": ("conv4", "maml", "plain", 1.6, "ratio"),
     "conv4 ANIL (5 inner steps) at most 1.1x the plain-step floor": ("conv4", "anil", "plain", 1.1, "ratio"),
 }
@@ -183,7 +184,8 @@ SETTINGS = {
     "sinusoid": (
         Sinusoid, lambda task: MLP(task.input_shape, task.output_dim), 25,
         {"maml": ("maml", ["*"], 1, 0.01), "fomaml": ("fomaml", ["*"], 1, 0.01),
-         "anil": ("maml", ["head.*"], 1, 0.01), "reptile": ("reptile", ["*"], 5, 0.01)},
+         "anil": ("maml", ["head.*"], 1, 0.01), "reptile": ("reptile", ["*"], 5, 0.01),
+         "maml-compiled": ("maml_compiled", ["*"], 1, 0.01)},  # algo.compile=true (compiled in the warm-up)
         20,  # steps per timed block: one sinusoid step takes milliseconds
     ),
     "conv4": (
@@ -223,7 +225,7 @@ def bench_setting(name, repeats, clock):
             ref = lambda: loop_reptile_step(model, task.loss_fn, batch, steps, lr, 0.1)  # noqa: E731
         else:
             first_order = kind == "fomaml"
-            algo = MAML(model, opt, task, adapt, steps, lr, first_order=first_order)
+            algo = MAML(model, opt, task, adapt, steps, lr, first_order=first_order, compile=kind == "maml_compiled")
             ref = lambda: loop_maml_step(model, opt, task.loss_fn, batch, algo.adapted, steps, lr, first_order)  # noqa: E731
         fns = {"metarun": lambda: algo.step(batch), "loop": ref}
         # The floor is re-timed beside every algorithm that has a target against it (and the first).
