@@ -73,6 +73,7 @@ RULES = {
     "task.image_size": _int(4),
     "task.rotations": _bool(),
     "task.download": _bool(),
+    "task.split_seed": _int(0),
     "task.input_dim": _int(1),
     "task.features": _int(1),
     "task.noise": _nonnegative(),

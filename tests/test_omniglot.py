@@ -1,0 +1,297 @@
+"""Omniglot: splits, episodes, the decoded-image cache, download, bad inputs, and a short run that learns."""
+import hashlib
+import io
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.datasets.utils as tv_utils
+from omegaconf import OmegaConf
+from torchvision.io import encode_png, write_png
+
+import metarun.tasks.images as images_module
+import metarun.tasks.omniglot as omniglot_module
+from metarun.config import ConfigError, DataError
+from metarun.tasks.omniglot import Omniglot
+
+# torchvision 0.29 deprecates its image codecs (used here to write fixtures) in favour of TorchCodec.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "omniglot-py" / "images_background").is_dir(), reason="shared Omniglot data not present")
+
+
+def character_image(cls, drawer, size=8):
+    """A size x size grayscale image whose pixel (0, 0) encodes the class and (0, 1) the drawer."""
+    image = torch.full((1, size, size), 255, dtype=torch.uint8)
+    image[0, 0, 0] = 10 * cls
+    image[0, 0, 1] = 10 * drawer
+    image[0, 4:, 4:] = 0  # a stroke-like block, so rotations are visible
+    return image
+
+
+def layout(alphabets, drawers):
+    """[(relative path, image)] of an omniglot-py tree; classes numbered in sorted order."""
+    files, cls = [], 0
+    for folder, alphabet, n_chars in alphabets:
+        for c in range(1, n_chars + 1):
+            for d in range(drawers):
+                files.append((f"{folder}/{alphabet}/character{c:02d}/{cls:04d}_{d:02d}.png", character_image(cls, d)))
+            cls += 1
+    return files
+
+
+def make_omniglot(root, alphabets=(("images_background", "Alpha", 4), ("images_background", "Beta", 3), ("images_evaluation", "Gamma", 3)), drawers=6):
+    for rel, image in layout(alphabets, drawers):
+        path = Path(root) / "omniglot-py" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_png(image, str(path))
+    return Path(root)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return make_omniglot(tmp_path / "data"), tmp_path / "cache"
+
+
+def tiny_task(tiny, **kw):
+    root, cache = tiny
+    options = dict(root=root, cache_dir=cache, image_size=8, ways=3, shots=1, query=2, rotations=False,
+                   split="character", split_fractions=[0.4, 0.3, 0.3])
+    return Omniglot(**{**options, **kw})
+
+
+def test_character_split_is_disjoint_and_covers_all(tiny):
+    task = tiny_task(tiny)
+    parts = task.split_classes
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [4, 3, 3]  # 10 characters, 0.4/0.3/0.3
+    assert sorted(parts["train"] + parts["val"] + parts["test"]) == list(range(10))
+    # another seed gives another partition, the same seed the same one
+    assert tiny_task(tiny, split_seed=1).split_classes != parts
+    assert tiny_task(tiny).split_classes == parts
+
+
+def test_alphabet_split_keeps_alphabets_whole(tiny):
+    task = tiny_task(tiny, split="alphabet", split_fractions=[1 / 3, 1 / 3, 1 / 3], ways=2, query=1)
+    alphabet = [c.rsplit("/", 1)[0] for c in task.classes]
+    owners = {s: {alphabet[i] for i in idx} for s, idx in task.split_classes.items()}
+    assert all(len(v) == 1 for v in owners.values())
+    assert len(set.union(*owners.values())) == 3
+
+
+def test_vinyals_split_on_the_full_set():
+    task = Omniglot.__new__(Omniglot)  # the split logic alone: 1623 character names, no images
+    task.classes = [f"images_background/A{i // 20:02d}/character{i % 20 + 1:02d}" for i in range(1623)]
+    parts = task.split_characters("auto", [0.6, 0.2, 0.2], 0)
+    assert task.split == "vinyals"
+    assert parts == {"train": list(range(1100)), "val": list(range(1100, 1200)), "test": list(range(1200, 1623))}
+
+
+@needs_shared
+def test_shared_data_split_and_episode(tmp_path):
+    task = Omniglot(root=SHARED, cache_dir=tmp_path, split="auto")  # auto: not the full set -> character
+    assert task.split == "character"
+    sizes = {s: len(v) for s, v in task.split_classes.items()}
+    assert sizes == {"train": 145, "val": 49, "test": 48}  # 242 characters: bounds round(145.2), round(193.6)
+    names = {s: {task.classes[i] for i in v} for s, v in task.split_classes.items()}
+    assert not (names["train"] & names["val"] or names["train"] & names["test"] or names["val"] & names["test"])
+    # rotations: four classes per character in every split
+    assert {s: len(v[2]) for s, v in task.splits.items()} == {s: 4 * n for s, n in sizes.items()}
+    sx, sy, qx, qy = task.sample(4, torch.Generator().manual_seed(0), "test")
+    assert sx.shape == (4, 5, 1, 28, 28) and qx.shape == (4, 75, 1, 28, 28)
+    # inverted: the background is 0 and strokes near 1
+    assert sx.dtype == torch.float32 and sx.min() == 0 and sx.max() > 0.9 and sx.mean() < 0.25
+    with pytest.raises(ConfigError, match="task.split"):
+        Omniglot(root=SHARED, cache_dir=tmp_path, split="vinyals")
+
+
+def test_episode_shapes_labels_and_class_consistency(tiny):
+    task = tiny_task(tiny, ways=3, shots=2, query=3)
+    sx, sy, qx, qy = task.sample(50, torch.Generator().manual_seed(0), "train")
+    assert sx.shape == (50, 6, 1, 8, 8) and qx.shape == (50, 9, 1, 8, 8)
+    assert sy.dtype == qy.dtype == torch.int64
+    assert torch.equal(sy[0], torch.tensor([0, 0, 1, 1, 2, 2])) and torch.equal(qy[0], torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
+    # pixel (0, 0) encodes the class: 1 - 10 * cls / 255 after inversion and scaling
+    cls_s = ((1 - sx[:, :, 0, 0, 0]) * 255 / 10).round().long()
+    cls_q = ((1 - qx[:, :, 0, 0, 0]) * 255 / 10).round().long()
+    drawer = torch.cat([((1 - sx[:, :, 0, 0, 1]) * 255 / 10).round().long().view(50, 3, 2),
+                        ((1 - qx[:, :, 0, 0, 1]) * 255 / 10).round().long().view(50, 3, 3)], 2)
+    train_classes = set(task.split_classes["train"])
+    for t in range(50):
+        per_label = [set(cls_s[t][sy[t] == j].tolist()) | set(cls_q[t][qy[t] == j].tolist()) for j in range(3)]
+        assert all(len(s) == 1 for s in per_label)  # one class per label, in support and query
+        chosen = [s.pop() for s in per_label]
+        assert len(set(chosen)) == 3 and set(chosen) <= train_classes
+        assert all(len(set(drawer[t, j].tolist())) == 5 for j in range(3))  # 5 distinct drawers per class
+    # the class behind label 0 varies from task to task (random assignment)
+    assert len(set(cls_s[:, 0].tolist())) == len(train_classes)
+
+
+def test_same_generator_state_same_episode(tiny):
+    task = tiny_task(tiny)
+    a = task.sample(8, torch.Generator().manual_seed(3), "val")
+    b = task.sample(8, torch.Generator().manual_seed(3), "val")
+    c = task.sample(8, torch.Generator().manual_seed(4), "val")
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_rotations_are_extra_classes(tiny):
+    plain, rotated = tiny_task(tiny), tiny_task(tiny, rotations=True)
+    images, _, counts = plain.splits["train"]
+    r_images, _, r_counts = rotated.splits["train"]
+    assert len(r_counts) == 4 * len(counts)
+    n = images.shape[0]
+    for k in range(4):
+        assert torch.equal(r_images[k * n : (k + 1) * n], torch.rot90(images, k, dims=(2, 3)))
+
+
+def test_cache_is_reused_and_rebuilt_when_the_source_changes(tiny, monkeypatch):
+    root, cache = tiny
+    first = tiny_task(tiny)
+    assert len(list(cache.glob("omniglot-*.pt"))) == 1
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the cache is valid")
+
+    monkeypatch.setattr(images_module, "decode_image", no_decoding)
+    second = tiny_task(tiny)
+    assert torch.equal(second.splits["train"][0], first.splits["train"][0])
+    monkeypatch.undo()
+
+    calls = []
+    real = images_module.decode_image
+    monkeypatch.setattr(images_module, "decode_image", lambda *a, **k: calls.append(a) or real(*a, **k))
+    # a new drawing of an existing character changes the fingerprint: everything is decoded again
+    write_png(character_image(0, 9), str(root / "omniglot-py/images_background/Alpha/character01/extra.png"))
+    third = tiny_task(tiny)
+    assert len(calls) == 61
+    assert third.splits["train"][2].sum() + third.splits["val"][2].sum() + third.splits["test"][2].sum() == 61
+    assert len(list(cache.glob("omniglot-*.pt"))) == 1  # rebuilt in place
+    # another image size is another cache entry
+    tiny_task(tiny, image_size=6)
+    assert len(list(cache.glob("omniglot-*.pt"))) == 2
+
+
+def test_root_and_cache_from_environment(tiny, monkeypatch, tmp_path):
+    root, _ = tiny
+    monkeypatch.setenv("METARUN_DATA", str(root))
+    monkeypatch.setenv("METARUN_CACHE", str(tmp_path / "envcache"))
+    task = Omniglot(image_size=8, ways=2, shots=1, query=2, rotations=False, split="character")
+    assert len(task.classes) == 10
+    assert len(list((tmp_path / "envcache").glob("omniglot-*.pt"))) == 1
+
+
+def test_missing_data_names_path_and_remedies(tmp_path, monkeypatch):
+    monkeypatch.delenv("METARUN_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        Omniglot(cache_dir=tmp_path / "cache")
+    message = str(e.value)
+    assert str(tmp_path / "data" / "omniglot-py") in message
+    assert "task.download=true" in message and "METARUN_DATA" in message
+
+
+def zip_of(folder, alphabets, drawers):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        for rel, image in layout(alphabets, drawers):
+            z.writestr(rel, encode_png(image).numpy().tobytes())
+    return buffer.getvalue()
+
+
+def test_download_fetches_and_extracts_the_official_zips(tmp_path, monkeypatch):
+    zips = {"images_background": zip_of("images_background", [("images_background", "Alpha", 3)], 4),
+            "images_evaluation": zip_of("images_evaluation", [("images_evaluation", "Beta", 3)], 4)}
+    monkeypatch.setattr(omniglot_module, "MD5", {k: hashlib.md5(v).hexdigest() for k, v in zips.items()})
+    fetched = []
+
+    def fake_urlretrieve(url, filename, chunk_size=None):  # the only network call, replaced
+        fetched.append(url)
+        Path(filename).write_bytes(zips[url.rsplit("/", 1)[1][: -len(".zip")]])
+
+    monkeypatch.setattr(tv_utils, "_urlretrieve", fake_urlretrieve)
+    monkeypatch.setattr(tv_utils, "_get_redirect_url", lambda url, max_hops=3: url)
+    task = Omniglot(root=tmp_path / "data", download=True, cache_dir=tmp_path / "cache", image_size=8, ways=2,
+                    shots=1, query=1, rotations=False, split="character", split_fractions=[0.34, 0.33, 0.33])
+    assert fetched == [omniglot_module.URL.format("images_background"), omniglot_module.URL.format("images_evaluation")]
+    assert fetched[0] == "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/images_background.zip"
+    assert len(task.classes) == 6 and task.classes[0] == "images_background/Alpha/character01"
+    # present now: a second construction downloads nothing
+    Omniglot(root=tmp_path / "data", download=True, cache_dir=tmp_path / "cache", image_size=8, ways=2, shots=1,
+             query=1, rotations=False, split="character", split_fractions=[0.34, 0.33, 0.33])
+    assert len(fetched) == 2
+
+
+def test_download_failure_is_a_data_error(tmp_path, monkeypatch):
+    def offline(url, filename, chunk_size=None):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(tv_utils, "_urlretrieve", offline)
+    monkeypatch.setattr(tv_utils, "_get_redirect_url", lambda url, max_hops=3: url)
+    with pytest.raises(DataError, match="download of https://raw.githubusercontent.com/.*images_background.zip.*failed"):
+        Omniglot(root=tmp_path / "data", download=True, cache_dir=tmp_path / "cache")
+
+
+def test_unreadable_image_is_named(tiny):
+    root, _ = tiny
+    bad = root / "omniglot-py/images_background/Beta/character02/broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png"):
+        tiny_task(tiny)
+
+
+@pytest.mark.parametrize("options, key", [
+    (dict(ways=5), "task.ways"),  # the val split has 3 characters
+    (dict(shots=4, query=3), "task.shots"),  # 6 drawers per character
+    (dict(split="random"), "task.split"),
+    (dict(split_fractions=[0.5, 0.5]), "task.split_fractions"),
+    (dict(split_fractions=[0.5, 0.4, 0.4]), "task.split_fractions"),
+    (dict(split_seed="zero"), "task.split_seed"),
+])
+def test_bad_options_are_config_errors(tiny, options, key):
+    with pytest.raises(ConfigError) as e:
+        tiny_task(tiny, **options)
+    assert e.value.key == key
+
+
+def test_load_images_matches_training_preprocessing(tiny, tmp_path):
+    root, _ = tiny
+    task = tiny_task(tiny, image_size=4)
+    files = sorted((root / "omniglot-py").glob("*/*/*/*.png"))
+    loaded = task.load_images(files)
+    assert loaded.shape == (60, 1, 4, 4) and loaded.dtype == torch.float32
+    stored = torch.cat([task.splits[s][0] for s in ("train", "val", "test")])
+    order = sum((task.split_classes[s] for s in ("train", "val", "test")), [])
+    expected = torch.cat([loaded[6 * c : 6 * c + 6] for c in order])
+    assert torch.equal(stored, expected)
+    # an RGB photo of any size: white paper with a black stroke -> 1 channel, inverted, resized
+    rgb = torch.full((3, 40, 30), 255, dtype=torch.uint8)
+    rgb[:, 10:30, 10:20] = 0
+    write_png(rgb, str(tmp_path / "photo.png"))
+    photo = task.load_images([tmp_path / "photo.png"])
+    assert photo.shape == (1, 1, 4, 4) and photo[0, 0, 0, 0] < 0.01 and photo.max() > 0.5
+    with pytest.raises(DataError, match="missing.png"):
+        task.load_images([tmp_path / "missing.png"])
+
+
+@needs_shared
+@pytest.mark.slow
+def test_short_run_on_shared_data_learns(tmp_path, monkeypatch):
+    """ANIL on the shared alphabets, held-out characters: well above chance (20%) after a short run."""
+    from hydra import compose, initialize_config_module
+
+    from metarun.train import run
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    overrides = [f"task.root={SHARED}", f"task.cache_dir={tmp_path / 'cache'}", "model.channels=16",
+                 "iterations=60", "eval_tasks=100", "eval_every=1000", "eval_steps=3", "progress=false",
+                 "meta_batch_size=8", "algo=anil"]
+    with initialize_config_module("metarun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=omniglot_shared_5w1s", *overrides])
+    summary = run(cfg, tmp_path / "run")
+    assert summary["status"] == "completed"
+    print(f"test accuracy {summary['test/accuracy']:.3f} +- {summary['test/accuracy_ci95']:.3f} (chance 0.2)")
+    assert summary["test/accuracy"] > 0.45, summary["test/accuracy"]
+    assert OmegaConf.select(cfg, "task.rotations") is True
