@@ -59,15 +59,8 @@ def _with_value(override, value):
 
 
 def check_override(line, exc):
-    """Turn a composition failure of one override into a ConfigError."""
+    """Turn a composition failure of one override into a ConfigError (group options were checked before)."""
     key, _, value = line.partition("=")
-    if is_group(key):
-        group = key.lstrip("+~")
-        chosen = value.strip("[]").split(",") if value.startswith("[") else [value]
-        options = group_options(group)
-        for v in chosen:
-            if v not in options:
-                raise ConfigError(group, v, "must be one of " + ", ".join(options))
     raise ConfigError(key, value, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
@@ -84,11 +77,12 @@ def precheck(argv):
     for o in parsed:
         key = o.get_key_element()
         if is_group(key) and not key.startswith("~"):
+            group, options = key.lstrip("+"), group_options(key.lstrip("+"))
             for value in _values(o):
                 v = o.value() if value is None else value
                 for option in (v if isinstance(v, list) else [v]):
-                    if str(option) not in group_options(key.lstrip("+")):
-                        raise ConfigError(key.lstrip("+"), str(option), "must be one of " + ", ".join(group_options(key.lstrip("+"))))
+                    if str(option) not in options:
+                        raise ConfigError(group, str(option), "must be one of " + ", ".join(options))
     plain = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
     GlobalHydra.instance().clear()
     with initialize_config_module("metarun.conf", version_base="1.3"):
