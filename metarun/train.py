@@ -40,7 +40,7 @@ def build(cfg):
     optimizer = _instantiate(cfg.optim)(model.parameters())
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
     if hasattr(task, "env") and not hasattr(algo, "evaluate"):
-        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks such as navigation2d")
+        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, half_cheetah_dir)")
     return task, model, optimizer, algo
 
 

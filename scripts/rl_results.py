@@ -2,14 +2,17 @@
 
     python scripts/rl_results.py                      # run what is missing, then write the report
     python scripts/rl_results.py --read-only          # only read finished runs
-    python scripts/rl_results.py --iterations 500 --fisher-subsample 1.0   # the exact paper-length setting
     python scripts/rl_results.py --bench 5            # seconds per meta-iteration, exact vs subsampled Fisher
 
-Runs (all `+experiment=maml_rl_navigation`: 20 tasks x 20 trajectories, 40 fixed test goals,
-returns after 0..3 inner steps, step 1 at lr 0.1 and later steps at 0.05):
-    maml        MAML, TRPO outer step through one REINFORCE inner step
-    pretrained  the same algorithm with inner_steps=0: TRPO on all tasks jointly, then adapted at test time
-    random      iterations=0: the randomly initialised policy, adapted the same way
+Two protocols, each with MAML and the two baselines on the same 40 fixed test goals:
+  the issue's / paper's text (+experiment=maml_rl_navigation): inner lr 0.1, 500 meta-iterations,
+      tested with 20 trajectories per step at lr 0.1 then 0.05;
+      maml (Fisher on 1/4 of the tasks, the preset), maml_exact (exact Fisher),
+      pretrained (inner_steps=0: TRPO on all tasks jointly), random (iterations=0);
+  the reference code's (+experiment=maml_rl_navigation_reference): inner lr 0.5, 100 meta-iterations,
+      tested with 40 trajectories per step at lr 0.5 then 0.25;
+      maml_reference, random_reference, pretrained_reference (the joint policy above, tested this way).
+Runs live in outputs/maml_rl/<name>; a run that completed is read, not run again.
 """
 import argparse
 import json
@@ -27,6 +30,33 @@ ROOT = Path(__file__).resolve().parents[1]
 # cbfinn/maml_rl, 40 goals (Finn et al., 2017, Fig. 4 / the issue): return after 0..3 steps.
 REFERENCE = {"maml": [-40.4, -11.7, -3.3, -3.2], "random": [-82.7, -58.0, -53.8, -46.8]}
 REFERENCE_ORACLE = -2.3
+
+ISSUE = "+experiment=maml_rl_navigation"
+REFERENCE_PRESET = "+experiment=maml_rl_navigation_reference"
+# name: (label, command-line overrides; "{root}" is the runs folder)
+RUNS = {
+    "maml": ("MAML (Fisher on 1/4 of the tasks, the preset)", [ISSUE, "eval_every=25"]),
+    "maml_exact": ("MAML (exact Fisher)", [ISSUE, "eval_every=25", "algo.fisher_subsample=1.0"]),
+    "pretrained": ("pretrained (joint TRPO), then adapted", [ISSUE, "eval_every=50", "algo.inner_steps=0"]),
+    "random": ("random init, then adapted", [ISSUE, "iterations=0"]),
+    "maml_reference": ("MAML", [REFERENCE_PRESET]),
+    "random_reference": ("random init, then adapted", [REFERENCE_PRESET, "iterations=0"]),
+    "pretrained_reference": ("pretrained (joint TRPO), then adapted",
+                             ["mode=eval", "run_dir={root}/pretrained", "algo.inner_lr=0.5", "algo.eval_trajectories=40"]),
+}
+PROTOCOLS = [
+    ("The issue's protocol (`+experiment=maml_rl_navigation`)",
+     "Meta-trained with inner lr 0.1 for 500 meta-iterations; tested with 20 trajectories per step, "
+     "step 1 at lr 0.1, later steps at 0.05 (the paper's text).",
+     ["maml", "maml_exact", "pretrained", "random"]),
+    ("The reference code's protocol (`+experiment=maml_rl_navigation_reference`)",
+     "What cbfinn/maml_rl's own scripts did for the published numbers: meta-trained with inner lr 0.5 "
+     "(exact Fisher, 100 meta-iterations: `maml_trpo_point.py`), tested with 40 trajectories per step at "
+     "lr 0.5 then 0.25 (`test_maml_point.py`).",
+     ["maml_reference", "pretrained_reference", "random_reference"]),
+]
+TARGETS = [(1, -13.0), (2, -5.0)]
+COLORS = {"maml": "C0", "maml_exact": "C3", "pretrained": "C1", "random": "C2"}
 NOTES = """## How it works
 
 - **Environment** (`task=navigation2d`, cbfinn/maml_rl `point_env_randgoal`): start (0, 0), goal
@@ -48,47 +78,36 @@ NOTES = """## How it works
   differentiate through the adaptation: F = J^T M J, J the Jacobian of the post-adaptation policy
   outputs with respect to theta through the inner steps (a stored `torch.func.vjp` and its vjp),
   M the Gaussian's Fisher; this is exactly the Hessian of the mean KL at theta_old (tests/test_rl.py
-  checks it against double backpropagation of the KL) without its third-order terms.
+  checks it against double backpropagation of the KL) without its third-order terms. The step length
+  s^T F s comes from the conjugate-gradient iteration itself (it tracks F x), so a meta-iteration
+  costs 10 Fisher-vector products, not 11.
   `algo.fisher_subsample` computes the products on a random fraction of the meta-batch's tasks
   (rllab's `subsample_factor`); 1.0 is exact, the preset uses 0.25 for speed. `algo.outer=adam` takes a
   first-order policy-gradient step with the `optim` group instead.
 - **Baselines**: `pretrained` is the same algorithm with `algo.inner_steps=0` (TRPO on all tasks
   jointly), `random` is `iterations=0`; both are adapted at test time exactly like MAML, on the same
   goals and with the same action noise (the evaluation generator is seeded with `eval_seed`).
+  Validation during training uses other goals (seed `eval_seed + 1`), so nothing is selected on the
+  test goals.
 - **Oracle counts** per meta-iteration (T tasks, K inner steps): `inner_grad` = K*T for sampling,
   K*T for the outer pass and K*T per line-search trial; `outer_grad` = T; `second_order` = one per
   task per Fisher-vector product, plus (unless first_order) K inner Hessian-vector products per task
   for the outer gradient and two per task per Fisher-vector product (J v and J^T).
-
-## Differences from the reference
-
-- Run length: the meta-iterations column gives each run's length; the paper trained for 500.
-- The reference test protocol (cbfinn/maml_rl `test_maml_point.py`) adapted with 40 trajectories and
-  step size 0.5; metarun uses the issue's protocol (20 trajectories, 0.1 then 0.05), which is why the
-  random-init baseline improves less with adaptation here.
-- The reference meta-trained with the full-data Fisher; the run above uses `fisher_subsample=0.25`.
 """
 
-LABELS = {"maml": "MAML", "pretrained": "pretrained (joint TRPO)", "random": "random init"}
-COLORS = {"maml": "C0", "pretrained": "C1", "random": "C2", "maml_200it": "C9"}
-LABELS["maml_200it"] = "MAML, 200 meta-iterations"
+
+def command(name, root):
+    overrides = [o.format(root=root) for o in RUNS[name][1]]
+    return ["metarun", *overrides, "progress=false", f"hydra.run.dir={root / name}"]
 
 
-def overrides(name, iterations, fisher_subsample):
-    common = ["+experiment=maml_rl_navigation", f"algo.fisher_subsample={fisher_subsample}", "progress=false"]
-    if name == "random":
-        return common + ["iterations=0"]
-    extra = ["algo.inner_steps=0"] if name == "pretrained" else []
-    return common + extra + [f"iterations={iterations}", f"eval_every={max(1, iterations // 8)}"]
-
-
-def ensure_run(run_dir, name, args):
-    summary = run_dir / "summary.json"
+def ensure_run(root, name, read_only):
+    summary = root / name / "summary.json"
     if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
         return json.loads(summary.read_text())
-    if args.read_only:
-        sys.exit(f"rl_results: {run_dir} has no completed run (drop --read-only to run it)")
-    cmd = ["metarun", *overrides(name, args.iterations, args.fisher_subsample), f"hydra.run.dir={run_dir}"]
+    if read_only:
+        return None
+    cmd = command(name, root)
     print("rl_results: running", " ".join(cmd), flush=True)
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
@@ -101,119 +120,101 @@ def returns(summary, steps):
     return mean, ci
 
 
-def curve(run_dir):
-    rows = _rows(run_dir)
-    return [(r["iteration"], r["eval/return_step0"], r["eval/return_step1"], r.get("eval/return_step2")) for r in rows
-            if "eval/return_step1" in r]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=ROOT / "outputs" / "maml_rl")
-    parser.add_argument("--iterations", type=int, default=500)
-    parser.add_argument("--fisher-subsample", type=float, default=0.25)
-    parser.add_argument("--read-only", action="store_true")
+    parser.add_argument("--read-only", action="store_true", help="only read completed runs; list the missing ones")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N meta-iterations per setting and exit")
     args = parser.parse_args()
     if args.bench:
-        return bench(args.bench)
+        return bench(args.bench, args.root)
 
-    summaries = {name: ensure_run(args.root / name, name, args) for name in ("maml", "pretrained", "random")}
-    # An earlier snapshot of the MAML run, kept by copying its run dir (e.g. before resuming it longer).
-    if (args.root / "maml_200it" / "summary.json").is_file():
-        summaries["maml_200it"] = json.loads((args.root / "maml_200it" / "summary.json").read_text())
-    config = {name: json.loads(json.dumps(_config(args.root / name))) for name in summaries}
-    steps = config["maml"]["eval_steps"]
-
-    args.docs.mkdir(parents=True, exist_ok=True)
-    fig, (ax, ax_curve) = plt.subplots(1, 2, figsize=(11, 4))
+    summaries = {}
+    for name in RUNS:  # in order: pretrained_reference evaluates the pretrained run
+        summaries[name] = ensure_run(args.root, name, args.read_only)
+    missing = [name for name, s in summaries.items() if s is None]
+    if "maml" in missing:
+        sys.exit(f"rl_results: no completed run in {args.root / 'maml'} (drop --read-only to run it)")
+    steps = 3
     x = list(range(steps + 1))
-    for name, summary in summaries.items():
-        mean, ci = returns(summary, steps)
-        ax.errorbar(x, mean, yerr=ci, marker="o", capsize=3, color=COLORS[name], label=f"metarun {LABELS[name]}")
-    for name, values in REFERENCE.items():
-        ax.plot(x[: len(values)], values[: steps + 1], "--", marker="x", alpha=0.6, color=COLORS[name],
-                label=f"cbfinn/maml_rl {LABELS[name]}")
-    ax.axhline(REFERENCE_ORACLE, color="gray", lw=0.8, ls=":", label="cbfinn/maml_rl oracle")
-    ax.set(xlabel="inner policy-gradient steps at test time", ylabel="average return (40 test goals)",
-           title="2D navigation: return vs adaptation steps", xticks=x)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, (title, _, names), reference in zip(axes, PROTOCOLS, (False, True)):
+        for name in names:
+            if summaries[name]:
+                mean, ci = returns(summaries[name], steps)
+                ax.errorbar(x, mean, yerr=ci, marker="o", capsize=3, color=COLORS[name.replace("_reference", "")],
+                            label=f"metarun {RUNS[name][0]}")
+        for name, values in REFERENCE.items():
+            ax.plot(x, values, "--", marker="x", alpha=0.6, color=COLORS[name], label=f"cbfinn/maml_rl {name}")
+        ax.axhline(REFERENCE_ORACLE, color="gray", lw=0.8, ls=":", label="cbfinn/maml_rl oracle")
+        ax.set(xlabel="inner policy-gradient steps at test time", ylabel="average return (40 test goals)",
+               title=title.split(" (")[0], xticks=x)
+        ax.legend(fontsize=7)
+    ax = axes[2]
+    for name in ("maml", "maml_exact", "maml_reference"):
+        rows = [r for r in _rows(args.root / name) if "eval/return_step1" in r] if summaries[name] else []
+        if rows:
+            it = [r["iteration"] for r in rows]
+            color = COLORS.get(name, "C4")
+            ax.plot(it, [r["eval/return_step1"] for r in rows], marker=".", color=color, label=f"{name}: after 1 step")
+            ax.plot(it, [r["eval/return_step2"] for r in rows], ls=":", marker=".", color=color, label=f"{name}: after 2 steps")
+    ax.set(xlabel="meta-iteration", ylabel="validation return (other goals)", title="learning curves")
     ax.legend(fontsize=7)
-    for name in ("maml", "pretrained"):
-        points = curve(args.root / name)
-        if points:
-            it, pre, post, post2 = zip(*points)
-            ax_curve.plot(it, post, marker=".", color=COLORS[name], label=f"{LABELS[name]}: after 1 step")
-            if name == "maml" and None not in post2:
-                ax_curve.plot(it, post2, ls=":", marker=".", color=COLORS[name], label=f"{LABELS[name]}: after 2 steps")
-            ax_curve.plot(it, pre, ls="--", color=COLORS[name], label=f"{LABELS[name]}: before adaptation")
-    ax_curve.set(xlabel="meta-iteration", ylabel="validation return", title="learning curves (val goals)")
-    ax_curve.legend(fontsize=7)
     fig.tight_layout()
     figure = args.docs / "maml_rl.png"
     fig.savefig(figure, dpi=120)
 
-    lines = [
-        "# MAML-RL on 2D navigation",
-        "",
-        f"Generated by `python scripts/rl_results.py` from the runs in `{_shown(args.root)}/`. Average return",
-        f"per task over the {config['maml']['eval_tasks']} fixed test goals (eval_seed "
-        f"{config['maml']['eval_seed']}) after 0..{steps} inner REINFORCE steps (step 1 at lr "
-        f"{config['maml']['algo']['inner_lr']}, later steps at lr "
-        f"{config['maml']['algo']['inner_lr'] * config['maml']['algo']['eval_lr_decay']:g}), "
-        "each step on fresh trajectories; +- is the 95% CI over goals.",
-        "",
-        "| policy | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in x) + " | meta-iterations | training time |",
-        "|---|" + "---|" * (steps + 3),
-    ]
-    for name, summary in summaries.items():
-        mean, ci = returns(summary, steps)
-        cells = " | ".join(f"{m:.1f} +- {c:.1f}" for m, c in zip(mean, ci))
-        lines.append(f"| metarun {LABELS[name]} | {cells} | {config[name]['iterations']} | {summary['time'] / 60:.1f} min |")
-    for name, values in REFERENCE.items():
-        lines.append(f"| cbfinn/maml_rl {LABELS[name]} | " + " | ".join(f"{v:.1f}" for v in values[: steps + 1]) + " | | |")
-    lines.append(f"| cbfinn/maml_rl oracle | {REFERENCE_ORACLE} | | | | | |")
-    maml = returns(summaries["maml"], steps)[0]
-    target = [(1, -13.0), (2, -5.0)]
-    verdict = ", ".join(f"{k} step{'s' * (k > 1)}: {maml[k]:.1f} (target >= {t:g}, {'met' if maml[k] >= t else 'NOT met'})"
-                        for k, t in target if k <= steps)
-    algo = config["maml"]["algo"]
+    header = "| policy | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in x) + " | meta-iterations | training time |"
+    lines = ["# MAML-RL on 2D navigation", "",
+             f"Generated by `python scripts/rl_results.py` from the runs in `{_shown(args.root)}/`. Average return",
+             "per task over 40 fixed test goals (eval_seed 12345) after 0..3 inner REINFORCE steps, each step on",
+             "fresh trajectories; +- is the 95% CI over goals. Missing runs: " + (", ".join(missing) or "none") + ".", ""]
+    for title, text, names in PROTOCOLS:
+        lines += [f"## {title}", "", text, "", header, "|---|" + "---|" * (steps + 3)]
+        for name in names:
+            s = summaries[name]
+            if s:
+                mean, ci = returns(s, steps)
+                cells = " | ".join(f"{m:.1f} +- {c:.1f}" for m, c in zip(mean, ci))
+                length = _config(args.root / name)["iterations"] if "mode=eval" not in RUNS[name][1] else "(pretrained)"
+                lines.append(f"| metarun {RUNS[name][0]} | {cells} | {length} | {s['time'] / 60:.1f} min |")
+        for name, values in REFERENCE.items():
+            lines.append(f"| cbfinn/maml_rl {name} | " + " | ".join(f"{v:.1f}" for v in values) + " | | |")
+        lines.append(f"| cbfinn/maml_rl oracle | {REFERENCE_ORACLE} | | | | | |")
+        for name in names:
+            if name.startswith("maml") and summaries[name]:
+                mean = returns(summaries[name], steps)[0]
+                verdict = ", ".join(f"{k} step{'s' * (k > 1)} {mean[k]:.1f} (target >= {t:g}: {'met' if mean[k] >= t else 'NOT met'})"
+                                    for k, t in TARGETS)
+                lines.append(f"\\nTargets, {RUNS[name][0]}: {verdict}.")
+        lines.append("")
+    lines += ["Validation returns during meta-training (validation goals drawn with seed eval_seed + 1, not the",
+              "test goals), after 0 / 1 / 2 / 3 steps:", ""]
+    for name in ("maml", "maml_exact", "maml_reference"):
+        if not summaries[name]:
+            continue
+        lines += [f"`{name}`:", "", "| meta-iteration | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in x) + " |",
+                  "|---|" + "---|" * (steps + 1)]
+        lines += [f"| {r['iteration']} | " + " | ".join(f"{r[f'eval/return_step{k}']:.1f}" for k in x) + " |"
+                  for r in _rows(args.root / name) if "eval/return_step1" in r]
+        lines.append("")
+    algo = _config(args.root / "maml")["algo"]
     lines += [
-        "",
-        "Validation returns of the MAML run during meta-training (the validation goals are the test goals:",
-        "same eval_seed), after 0 / 1 / 2 / 3 steps:",
-        "",
-        "| meta-iteration | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in x) + " |",
-        "|---|" + "---|" * (steps + 1),
-        *(f"| {row['iteration']} | " + " | ".join(f"{row[f'eval/return_step{k}']:.1f}" for k in x) + " |"
-          for row in _rows(args.root / "maml") if "eval/return_step1" in row),
-    ]
-    lines += [
-        "",
-        f"Targets: {verdict}.",
-        "",
-        "Settings: " + ", ".join([
-            f"meta-batch {config['maml']['meta_batch_size']} tasks x {algo['trajectories']} trajectories",
-            f"horizon {config['maml']['task']['horizon']}", f"outer {algo['outer']} (max KL {algo['max_kl']}, "
-            f"{algo['cg_iters']} CG iterations, damping {algo['cg_damping']}, "
-            f"Fisher-vector products on {algo['fisher_subsample']:g} of the tasks)",
-            f"inner lr {algo['inner_lr']}", f"discount {algo['discount']}",
-            f"policy {config['maml']['model']['hidden']} ReLU, learned log-std",
-            f"normalize_actions={config['maml']['task']['normalize_actions']}"]) + ".",
-        "Training time is the run loop's own clock (summary.json `time`), measured with OMP_NUM_THREADS=1",
-        "while other jobs shared the machine's 2 cores; `python scripts/rl_results.py --bench 3` prints the",
-        "seconds per meta-iteration (exact and subsampled Fisher) on the current machine.",
-        "",
-        f"![return vs adaptation steps]({figure.name})",
-        "",
-        NOTES,
-    ]
+        "Settings shared by every run: " + ", ".join([
+            "meta-batch 20 tasks x 20 trajectories", "horizon 100",
+            f"outer {algo['outer']} (max KL {algo['max_kl']}, {algo['cg_iters']} CG iterations, damping {algo['cg_damping']}, "
+            f"line search x{algo['ls_backtrack']}, {algo['ls_max_steps']} trials)",
+            f"discount {algo['discount']}", "policy (100, 100) ReLU with a learned log-std", "normalize_actions=true"]) + ".",
+        "Training time is the run loop's own clock (summary.json `time`); see the timing section.",
+        "", f"![return vs adaptation steps]({figure.name})", "", timing(args.root, summaries), "", NOTES]
     (args.docs / "maml_rl.md").write_text("\n".join(lines))
     print(f"rl_results: wrote {args.docs / 'maml_rl.md'} and {figure}")
 
 
-def bench(n):
-    """Wall and CPU seconds per meta-iteration of the preset, with the exact and the subsampled Fisher."""
+def bench(n, root):
+    """Wall and CPU seconds per meta-iteration of the preset, exact and subsampled Fisher; saved to bench.json."""
     import time
 
     import torch
@@ -221,10 +222,11 @@ def bench(n):
 
     from metarun.train import build
 
-    print(f"torch threads: {torch.get_num_threads()}")
+    result = {"threads": torch.get_num_threads(), "iterations": n, "load_before": os.getloadavg()[0]}
+    print(f"torch threads: {result['threads']}, load average {result['load_before']:.2f}")
     for subsample in (1.0, 0.25):
         with initialize_config_module("metarun.conf", version_base="1.3"):
-            cfg = compose("config", overrides=["+experiment=maml_rl_navigation", f"algo.fisher_subsample={subsample}"])
+            cfg = compose("config", overrides=[ISSUE, f"algo.fisher_subsample={subsample}"])
         task, _, _, algo = build(cfg)
         generator = torch.Generator().manual_seed(0)
         algo.step(task.sample(cfg.meta_batch_size, generator))  # warm-up (first vmap calls)
@@ -232,8 +234,31 @@ def bench(n):
         for _ in range(n):
             algo.step(task.sample(cfg.meta_batch_size, generator))
         wall, cpu = (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
-        print(f"fisher_subsample={subsample}: {wall:.2f} s wall, {cpu:.2f} s CPU per meta-iteration; "
-              f"500 iterations ~ {500 * wall / 60:.0f} min")
+        result[f"fisher_subsample={subsample:g}"] = {"wall": wall, "cpu": cpu}
+        print(f"fisher_subsample={subsample:g}: {wall:.2f} s wall, {cpu:.2f} s CPU per meta-iteration; "
+              f"500 iterations ~ {500 * wall / 60:.1f} min", flush=True)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "bench.json").write_text(json.dumps(result, indent=1))
+
+
+def timing(root, summaries):
+    """The timing section: the paper-length runs' own clocks and the last `--bench` figures."""
+    lines = ["## Time of a paper-length run", ""]
+    for name in ("maml", "maml_exact", "maml_timed"):
+        s = summaries.get(name)
+        if s:
+            threads = _config(root / name).get("threads") or "torch default"
+            lines.append(f"- `{name}`: {s['time'] / 60:.1f} min of training for {_config(root / name)['iterations']} "
+                         f"meta-iterations (threads: {threads}; the run loop's clock, without the evaluations).")
+    bench_file = root / "bench.json"
+    if bench_file.is_file():
+        b = json.loads(bench_file.read_text())
+        lines.append(f"- `python scripts/rl_results.py --bench {b['iterations']}` ({b['threads']} torch threads, load "
+                     f"average {b['load_before']:.2f} before it started):")
+        for key in ("fisher_subsample=1", "fisher_subsample=0.25"):
+            wall = b[key]["wall"]
+            lines.append(f"  - `algo.{key}`: {wall:.2f} s per meta-iteration, i.e. {500 * wall / 60:.1f} min for 500.")
+    return "\n".join(lines)
 
 
 def _rows(run_dir):

@@ -202,7 +202,12 @@ def test_conjugate_gradient_solves_spd_system():
     a = torch.randn(6, 6, generator=g, dtype=torch.float64)
     a = a @ a.T + 0.5 * torch.eye(6, dtype=torch.float64)
     b = torch.randn(6, generator=g, dtype=torch.float64)
-    assert torch.allclose(conjugate_gradient(lambda v: a @ v, b, 20), torch.linalg.solve(a, b), atol=1e-8)
+    x, ax = conjugate_gradient(lambda v: a @ v, b, 20)
+    assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-8)
+    # A x is tracked by the iteration (TRPO's step length uses it), also when CG stops early.
+    x, ax = conjugate_gradient(lambda v: a @ v, b, 3)
+    assert not torch.allclose(x, torch.linalg.solve(a, b), atol=1e-3)
+    assert torch.allclose(ax, a @ x, atol=1e-10)
 
 
 def test_line_search_rejects_a_step_that_increases_the_loss_and_backtracks_into_the_kl_bound():
@@ -281,6 +286,14 @@ def test_evaluate_returns_per_task_returns_after_each_step_and_is_deterministic(
     assert set(result) == {"return"} and result["return"].shape == (3, 5)
     assert torch.all(result["return"] < 0)
     assert torch.equal(result["return"], algo.evaluate("test", 5, 2, seed=3, chunk=2)["return"])
+    # Validation goals are not the test goals (selection on "val" never sees the test set).
+    val = algo.evaluate("val", 5, 0, seed=3)["return"]
+    assert not torch.equal(val[0], result["return"][0])
+    # eval_trajectories: every evaluation step samples that many trajectories per goal.
+    algo.eval_trajectories, rollout, counts = 12, algo.rollout, []
+    algo.rollout = lambda *args: counts.append(rollout(*args)["mask"].shape[1]) or rollout(*args)
+    assert algo.evaluate("test", 5, 1, seed=3)["return"].shape == (2, 5)
+    assert counts == [12, 12]
 
 
 # ---- config and runs -----------------------------------------------------------------------------

@@ -74,18 +74,23 @@ def fit_linear_baseline(features, returns, mask, reg=1e-5):
 
 
 def conjugate_gradient(matvec, b, iters, tol=1e-10):
-    """Approximately solve A x = b for symmetric positive definite A given by `matvec`."""
+    """Approximately solve A x = b for symmetric positive definite A given by `matvec`.
+
+    Returns (x, A x). A x = b - r is tracked by the iteration itself, so TRPO's step length
+    x^T A x costs no extra matrix-vector product (one Fisher-vector product in eleven).
+    """
     x, r = torch.zeros_like(b), b.clone()
+    ax = torch.zeros_like(b)
     p, rr = r.clone(), r @ r
     for _ in range(iters):
         ap = matvec(p)
         alpha = rr / (p @ ap)
-        x, r = x + alpha * p, r - alpha * ap
+        x, r, ax = x + alpha * p, r - alpha * ap, ax + alpha * ap
         new_rr = r @ r
         if new_rr < tol:
             break
         p, rr = r + (new_rr / rr) * p, new_rr
-    return x
+    return x, ax
 
 
 def line_search(set_params, evaluate, old, full_step, loss_before, max_kl, max_steps, backtrack):
@@ -104,11 +109,12 @@ def line_search(set_params, evaluate, old, full_step, loss_before, max_kl, max_s
 class MAMLRL:
     def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, outer="trpo", first_order=False,
                  trajectories=20, discount=0.99, baseline_reg=1e-5, max_kl=0.01, cg_iters=10, cg_damping=1e-5,
-                 ls_max_steps=15, ls_backtrack=0.8, fisher_subsample=1.0, eval_lr_decay=0.5, inner_l2=0.0):
+                 ls_max_steps=15, ls_backtrack=0.8, fisher_subsample=1.0, eval_lr_decay=0.5, eval_trajectories=None,
+                 inner_l2=0.0):
         if outer not in ("trpo", "adam"):
             raise ConfigError("algo.outer", outer, "one of trpo, adam")
         if not hasattr(task, "env"):
-            raise ConfigError("task", type(task).__name__, "an RL task family with an env, such as navigation2d")
+            raise ConfigError("task", type(task).__name__, "an RL task family with an env: navigation2d, half_cheetah_vel, half_cheetah_dir")
         def integer(v, low):
             return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
@@ -129,6 +135,8 @@ class MAMLRL:
                   ("algo.ls_backtrack", ls_backtrack, number(ls_backtrack, 0, 1, high_open=True), "a number in (0, 1)"),
                   ("algo.fisher_subsample", fisher_subsample, number(fisher_subsample, 0, 1), "a number in (0, 1]"),
                   ("algo.eval_lr_decay", eval_lr_decay, number(eval_lr_decay, 0), "a number > 0"),
+                  ("algo.eval_trajectories", eval_trajectories, eval_trajectories is None or integer(eval_trajectories, 1),
+                   "null (= algo.trajectories) or an integer >= 1"),
                   ("algo.first_order", first_order, isinstance(first_order, bool), "true or false")]
         for key, value, ok, allowed in checks:
             if not ok:
@@ -144,7 +152,8 @@ class MAMLRL:
         self.max_kl, self.cg_iters, self.cg_damping = max_kl, cg_iters, cg_damping
         self.ls_max_steps, self.ls_backtrack, self.eval_lr_decay = ls_max_steps, ls_backtrack, eval_lr_decay
         self.fisher_subsample = fisher_subsample
-        self.last = {"fvp": cg_iters + 1, "trials": 1}  # counts of the last step, for oracle_calls
+        self.eval_trajectories = eval_trajectories or trajectories
+        self.last = {"fvp": cg_iters, "trials": 1}  # counts of the last step, for oracle_calls
 
     # ---- per-task functions (vmapped over the task dim) ------------------------------------
 
@@ -171,14 +180,14 @@ class MAMLRL:
     # ---- sampling ----------------------------------------------------------------------------
 
     @torch.no_grad()
-    def rollout(self, params, fast, fast_dim, goals, generator=None):
+    def rollout(self, params, fast, fast_dim, goals, generator=None, trajectories=None):
         """`trajectories` episodes per goal with each task's policy; tensors of shape (tasks, trajectories, horizon, ...)."""
-        n, horizon = self.trajectories, self.task.horizon
+        n, horizon = trajectories or self.trajectories, self.task.horizon
         # Detached copies: vmap over tensors that carry an autograd graph is several times slower.
         params = {k: v.detach() for k, v in params.items()}
         fast = {k: v.detach() for k, v in fast.items()}
         env = self.task.env(goals[:, None].expand(-1, n, -1))
-        obs = env.reset()
+        obs = env.reset(generator)
         alive = torch.ones(obs.shape[:-1])
         policy = self.policies(fast_dim)
         steps = []
@@ -314,8 +323,8 @@ class MAMLRL:
         plist = list(params.values())
         grad = torch.cat([grad[n].reshape(-1) for n in params])
         fvp, calls = self.fisher_vector_product(params, inner, post, old, pullback)
-        direction = conjugate_gradient(fvp, grad, self.cg_iters)
-        shs = direction @ fvp(direction)
+        direction, f_direction = conjugate_gradient(fvp, grad, self.cg_iters)
+        shs = direction @ f_direction
         full_step = direction * torch.sqrt(2 * self.max_kl / shs.clamp_min(1e-12))
         old_vector = torch.cat([p.detach().reshape(-1) for p in plist])
 
@@ -340,10 +349,11 @@ class MAMLRL:
         """{"return": (steps+1, num_tasks)}: average return per task after 0..steps inner steps.
 
         Step 1 uses inner_lr, later steps inner_lr * eval_lr_decay (0.1 then 0.05 in the paper);
-        every step samples fresh trajectories. Goals and action noise come from a generator seeded
-        with `seed`, so every run is evaluated on the same goals with the same noise.
+        every step samples `eval_trajectories` fresh trajectories per goal. Goals and action noise
+        come from a generator seeded with `seed` (test) or `seed + 1` (val), so every run is evaluated
+        on the same goals with the same noise, and validation during training never sees the test goals.
         """
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed if split == "test" else seed + 1)
         params = {k: v.detach() for k, v in self.model.named_parameters()}
         goals = self.task.sample(num_tasks, generator, split)
         results = []
@@ -351,7 +361,7 @@ class MAMLRL:
             fast, dim = {k: params[k] for k in self.adapted}, None
             returns = []
             for k in range(steps + 1):
-                data = self.rollout(params, fast, dim, goals[start:start + chunk], generator)
+                data = self.rollout(params, fast, dim, goals[start:start + chunk], generator, self.eval_trajectories)
                 returns.append(self.episode_return(data))
                 if k < steps:
                     lr = self.inner_lr if k == 0 else self.inner_lr * self.eval_lr_decay

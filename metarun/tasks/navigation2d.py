@@ -36,7 +36,9 @@ class BatchedNavigation2D:
         self.max_speed, self.success_radius, self.action_scale = max_speed, success_radius, action_scale
         self.position = torch.zeros_like(goals)
 
-    def reset(self):
+    def reset(self, generator=None):
+        # Every episode starts at the origin: no reset noise, so `generator` is unused (it seeds
+        # the reset noise of tasks that have some, such as half_cheetah_*).
         self.position = torch.zeros_like(self.goals)
         return self.position.clone()
 
