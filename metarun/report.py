@@ -282,11 +282,16 @@ def plot_contraction(groups, path, dpi=90):
 # ---------------------------------------------------------------- table
 
 def eval_metric(runs):
-    """The meta-test metric: accuracy for classification runs, else loss."""
+    """The meta-test metric: accuracy for classification runs, return for RL runs, else loss."""
     for r in runs:
-        if not r["metrics"].empty and "eval/accuracy" in r["metrics"]:
-            return "accuracy"
+        for metric in ("accuracy", "return"):
+            if not r["metrics"].empty and f"eval/{metric}" in r["metrics"]:
+                return metric
     return "loss"
+
+
+def higher_is_better(metric):
+    return metric.endswith(("accuracy", "return"))
 
 
 def default_target(curves, higher_is_better):
@@ -298,7 +303,7 @@ def default_target(curves, higher_is_better):
 
 
 def summary_table(groups, metric, target, smooth, test_metric):
-    higher = metric.endswith("accuracy")
+    higher = higher_is_better(metric)
     curves = {label: seed_average(g, metric, smooth) for label, g in groups.items()}
     if target is None:
         target = default_target(curves, higher)
@@ -382,7 +387,7 @@ def log_to_wandb(sweep_dir, runs, figures, table, markdown):
 
 # ---------------------------------------------------------------- main
 
-def report(sweep_dir, out=None, metric="train/loss", target=None, smooth=5, wandb_flag=False, dpi=90):
+def report(sweep_dir, out=None, metric=None, target=None, smooth=5, wandb_flag=False, dpi=90):
     sweep_dir = Path(sweep_dir)
     runs = [load_run(d) for d in job_dirs(sweep_dir)]
     out = Path(out) if out else sweep_dir / "report"
@@ -390,11 +395,15 @@ def report(sweep_dir, out=None, metric="train/loss", target=None, smooth=5, wand
     expected, declared = declared_sweep(sweep_dir)
     swept, groups = group_runs(runs, declared)
     known = {c for r in runs for c in r["metrics"].columns}
+    test_metric = eval_metric(runs)
+    # RL runs: the training curve is the post-adaptation return (TRPO's surrogate loss is ~0 by construction).
+    train_metric = "train/return" if test_metric == "return" else "train/loss"
+    metric = metric or train_metric
     if metric not in known and known:
         raise ReportError(f"--metric {metric} is not logged by these runs; logged: {', '.join(sorted(c for c in known if '/' in c and '_step' not in c))}")
-    test_metric = eval_metric(runs)
 
-    figures = [plot_metric(groups, "train/loss", out / "train_loss.png", "meta-training loss", smooth, dpi=dpi),
+    figures = [plot_metric(groups, train_metric, out / f"{train_metric.replace('/', '_')}.png",
+                           "meta-training " + ("return after adaptation" if test_metric == "return" else "loss"), smooth, dpi=dpi),
                plot_metric(groups, f"eval/{test_metric}", out / f"eval_{test_metric}.png", f"meta-validation {test_metric} after adaptation", 1, dpi=dpi)]
     if "train/dist_to_opt" in known:
         figures.append(plot_metric(groups, "train/dist_to_opt", out / "dist_to_opt.png", "distance to the optimum", 1, logy=True, dpi=dpi))
@@ -419,7 +428,7 @@ def report(sweep_dir, out=None, metric="train/loss", target=None, smooth=5, wand
     if target is not None:
         how = "given by --target" if given_target is not None else "default: the worst final level among the settings"
         smoothing = f", rolling mean of {smooth} logged points" if smooth > 1 else ""
-        notes.append(f"Target: {metric} {'>=' if metric.endswith('accuracy') else '<='} {target:.4g} ({how}; on the seed-mean curve{smoothing}). "
+        notes.append(f"Target: {metric} {'>=' if higher_is_better(metric) else '<='} {target:.4g} ({how}; on the seed-mean curve{smoothing}). "
                      "Oracle calls = gradient + second-order evaluations; oracle cost weights each by the number of parameters it differentiates.")
     markdown = "\n\n".join(notes) + "\n\n" + to_markdown(table) + "\n"
     if "train/dist_to_opt" in known:
@@ -440,7 +449,7 @@ def report(sweep_dir, out=None, metric="train/loss", target=None, smooth=5, wand
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="metarun-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="a multirun dir (hydra.sweep.dir) or one run dir")
-    parser.add_argument("--metric", default="train/loss", help="curve for the time-to-target table (default train/loss)")
+    parser.add_argument("--metric", default=None, help="curve for the time-to-target table (default train/loss; train/return for RL runs)")
     parser.add_argument("--target", type=float, default=None,
                         help="level of --metric to reach (default: the worst final seed-mean level among the settings, which all reach)")
     parser.add_argument("--smooth", type=int, default=5, help="rolling mean over this many logged points for training curves (default 5)")

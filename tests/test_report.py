@@ -108,3 +108,27 @@ def test_wandb_summary_run_is_offline_and_never_prompts(sweep, tmp_path, monkeyp
     assert result.returncode == 0, result.stderr[-2000:]
     assert "W&B (offline)" in result.stdout
     assert list((copy / "wandb").glob("offline-run-*"))
+
+
+def test_rl_sweep_reports_returns_where_higher_is_better(tmp_path):
+    """An RL multirun: the table's test metric is the return, the training curve the post-adaptation
+    return, and "reaching a target" means reaching it from below."""
+    sweep_dir = tmp_path / "multirun"
+    result = run_metarun(
+        "-m", "+experiment=maml_rl_navigation", "algo.inner_steps=0,1", "iterations=3", "eval_every=3",
+        "eval_tasks=2", "eval_steps=1", "meta_batch_size=2", "algo.trajectories=2", "task.horizon=10",
+        "model.hidden=[8]", "progress=false", f"hydra.sweep.dir={sweep_dir}", cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = report.report(sweep_dir, out=tmp_path / "report", smooth=1)
+    assert (tmp_path / "report" / "train_return.png").is_file() and (tmp_path / "report" / "eval_return.png").is_file()
+    table = out["table"].set_index("setting")
+    for label, group in out["groups"].items():
+        final = json.loads((group[0]["dir"] / "summary.json").read_text())["test/return"]
+        assert table.loc[label, "final_test_return"] == pytest.approx(final)
+    # The default target is the worst (lowest) final seed-mean return, which every setting reaches.
+    curves = {label: report.seed_average(g, "train/return", 1) for label, g in out["groups"].items()}
+    assert out["target"] == pytest.approx(min(c["mean"].iloc[-1] for c in curves.values()))
+    assert "train/return >=" in out["markdown"]
+    # A target above every logged return is never reached.
+    table = report.summary_table(out["groups"], "train/return", 1.0, 1, "return")[0]
+    assert table["iters_to_target"].isna().all()
