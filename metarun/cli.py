@@ -125,7 +125,8 @@ def expand_run_dir(argv):
     """Commands on an existing run dir X start from the overrides X was trained with.
 
     `run_dir=X resume=true` continues X in place; `run_dir=X mode=eval` evaluates X's checkpoint
-    into X/eval/<time>, leaving the training record untouched. Later overrides win.
+    into X/eval/<time> (or hydra.run.dir when given), leaving the training record untouched.
+    Later overrides win.
     """
     values = dict(a.split("=", 1) for a in argv if "=" in a and not a.startswith("-"))
     run_dir = values.get("run_dir")
@@ -142,6 +143,8 @@ def expand_run_dir(argv):
         raise DataError(f"run_dir={run_dir} has no .hydra/overrides.yaml: not a metarun run dir")
     own = {"resume", "run_dir", "hydra.run.dir", "mode"}
     previous = [o for o in OmegaConf.to_container(OmegaConf.load(saved)) if o.split("=")[0] not in own]
+    if "hydra.run.dir" in values and not resume:  # the user chose where the evaluation goes
+        return previous + argv
     target = run_dir if resume else f"{run_dir}/eval/${{now:%Y-%m-%d_%H-%M-%S}}"
     return previous + argv + [f"hydra.run.dir={target}"]
 

@@ -52,6 +52,7 @@ RULES = {
     "checkpoint_every": _int(1),
     "resume": _bool(),
     "mode": _choice("train", "eval"),
+    "test_checkpoint": _choice("last", "best"),
     "algo.inner_steps": _int(0),
     "algo.inner_lr": _positive(),
     "algo.inner_l2": _nonnegative(),

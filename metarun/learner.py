@@ -96,12 +96,12 @@ def evaluate_run(cfg, out_dir):
         raise ConfigError("hydra.run.dir", str(out_dir), "a folder other than run_dir: evaluation never writes over "
                           "the training run's files")
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"metarun: evaluating {source / 'checkpoint.pt'} into {out_dir}", flush=True)
+    path = source / ("best.pt" if cfg.get("test_checkpoint") == "best" else "checkpoint.pt")
+    print(f"metarun: evaluating {path} into {out_dir}", flush=True)
     summary = {"status": "running", "mode": "eval", "run_dir": str(out_dir), "source_run_dir": str(source)}
     write_summary(out_dir, summary)
     try:
         task, model, _, algo = build(cfg)
-        path = source / "checkpoint.pt"
         state = read_checkpoint(path)
         zeroed = restore(model, state["model"], algo.adapted, f"checkpoint {path}")
         if zeroed:

@@ -61,20 +61,30 @@ def fingerprint(cfg):
     return {k: json.dumps(plain[k], sort_keys=True) for k in keep}
 
 
+def selection_metric(metrics):
+    """The validation figure best.pt is chosen by, and its score (higher is better)."""
+    for key in ("eval/accuracy", "eval/return"):
+        if key in metrics:
+            return key, metrics[key], metrics[key]
+    return "eval/loss", metrics["eval/loss"], -metrics["eval/loss"]
+
+
 def write_summary(run_dir, summary):
     atomic_write(Path(run_dir) / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
 
 
 def run(cfg, run_dir, group=None, name=None):
     """Meta-train according to `cfg`, writing into `run_dir`. Returns the summary dict."""
+    wall_start = time.perf_counter()
     validate(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     task, model, optimizer, algo = build(cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
-    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
     start, train_time = 0, 0.0
     oracle = dict.fromkeys(ORACLE_KEYS, 0)
+    best = None  # where best.pt came from: {"metric", "value", "score", "iteration"}
     if cfg.resume:
         state = checkpoint.load(ckpt_path)
         checkpoint.check_matches(ckpt_path, state, model, fingerprint(cfg))
@@ -83,6 +93,8 @@ def run(cfg, run_dir, group=None, name=None):
         generator.set_state(state["task_rng"])
         torch.set_rng_state(state["torch_rng"])
         start, train_time, oracle = state["iteration"], state["time"], {**oracle, **state["oracle"]}
+        if best_path.is_file():
+            best = checkpoint.load(best_path)["best"]
 
     print(f"metarun: writing to {run_dir}", flush=True)
     loggers = Loggers(cfg, run_dir, group, name, start if cfg.resume else None)
@@ -94,6 +106,17 @@ def run(cfg, run_dir, group=None, name=None):
         per_task = (algo.evaluate if hasattr(algo, "evaluate") else partial(evaluate, algo, task))(
             split, cfg.eval_tasks, cfg.eval_steps, cfg.eval_seed, cfg.eval_chunk)
         return summarize(per_task, prefix)
+
+    def validation(iteration):
+        # Keep the parameters with the best validation figure in best.pt (test_checkpoint=best tests them).
+        nonlocal best
+        metrics = evaluation("val", "eval")
+        key, value, score = selection_metric(metrics)
+        if math.isfinite(score) and (best is None or score > best["score"]):
+            best = {"metric": key, "value": value, "score": score, "iteration": iteration}
+            checkpoint.save(best_path, {"iteration": iteration, "model": model.state_dict(), "best": best,
+                                        "config": fingerprint(cfg)})
+        return metrics
 
     def save(iteration):
         checkpoint.save(ckpt_path, {
@@ -114,7 +137,7 @@ def run(cfg, run_dir, group=None, name=None):
     status = "failed"
     try:
         if start == 0:
-            record(0, evaluation("val", "eval"))
+            record(0, validation(0))
         bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations,
                    disable=not cfg.progress, desc=cfg.algo._target_.split('.')[-1], dynamic_ncols=True,
                    mininterval=1.0)
@@ -131,7 +154,7 @@ def run(cfg, run_dir, group=None, name=None):
                 oracle[k] += v
             row = {f"train/{k}": v for k, v in metrics.items()}
             if it % cfg.eval_every == 0 or it == cfg.iterations:
-                row.update(evaluation("val", "eval"))
+                row.update(validation(it))
                 record(it, row)
             elif it % cfg.log_every == 0:
                 record(it, row)
@@ -140,8 +163,14 @@ def run(cfg, run_dir, group=None, name=None):
                 last_good = it
             bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if k in ("train/loss", "train/accuracy", "train/return", "eval/loss", "eval/accuracy", "eval/return")}, refresh=False)
         bar.close()
+        tested = cfg.iterations
+        if cfg.test_checkpoint == "best" and best is not None:
+            model.load_state_dict(checkpoint.load(best_path)["model"])
+            tested = best["iteration"]
+            print(f"metarun: testing best.pt (iteration {tested}, {best['metric']} {best['value']:.4g})", flush=True)
         final = evaluation("test", "test")
-        summary.update(final, status="completed", iteration=cfg.iterations, time=train_time,
+        summary.update(final, status="completed", iteration=cfg.iterations, tested_iteration=tested, time=train_time,
+                       wall_time=time.perf_counter() - wall_start,  # this process's, evaluations included
                        **{f"oracle/{k}": v for k, v in oracle.items()})
         status = "completed"
         return summary

@@ -109,3 +109,29 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     if "last good checkpoint" in message:
         state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
         assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_best_checkpoint_holds_the_best_validation_parameters_and_is_tested(tmp_path):
+    from metarun.checkpoint import load
+    from metarun.evaluate import evaluate, summarize
+    from metarun.train import build
+
+    # A large outer lr makes the validation loss jump around, so the best is not the last iterate.
+    common = ["iterations=25", "eval_every=5", "eval_tasks=20", "eval_steps=1", "optim.lr=0.03"]
+    last = run(make_cfg(*common), tmp_path / "last")
+    cfg = make_cfg(*common, "test_checkpoint=best")
+    best = run(cfg, tmp_path / "best")
+    rows = [json.loads(line) for line in (tmp_path / "best" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = {r["iteration"]: r["eval/loss"] for r in rows if "eval/loss" in r}
+    best_iteration = min(evaluated, key=evaluated.get)
+    assert best_iteration != 25 and best["tested_iteration"] == best_iteration and last["tested_iteration"] == 25
+    state = load(tmp_path / "best" / "best.pt")
+    assert state["iteration"] == best_iteration and state["best"]["value"] == evaluated[best_iteration]
+    # best.pt holds that iteration's parameters: they reproduce its validation loss, and the run's test figures.
+    task, model, _, algo = build(cfg)
+    model.load_state_dict(state["model"])
+    val = summarize(evaluate(algo, task, "val", 20, 1, cfg.eval_seed, cfg.eval_chunk), "eval")
+    test = summarize(evaluate(algo, task, "test", 20, 1, cfg.eval_seed, cfg.eval_chunk), "test")
+    assert val["eval/loss"] == pytest.approx(evaluated[best_iteration], rel=1e-5)
+    assert test["test/loss"] == pytest.approx(best["test/loss"], rel=1e-5)
+    assert best["test/loss"] != pytest.approx(last["test/loss"], rel=1e-3)

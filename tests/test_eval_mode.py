@@ -9,6 +9,7 @@ import math
 import shutil
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -99,6 +100,16 @@ def test_eval_without_overrides_reproduces_the_runs_final_test_figures(tiny_run,
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["test/loss"] == summary["test/loss"]
 
 
+def test_test_checkpoint_best_evaluates_best_pt(tiny_run, tmp_path):
+    run_dir = tiny_run["run_dir"]
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    accuracy = {r["iteration"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
+    assert best["iteration"] == max(accuracy, key=accuracy.get) and best["best"]["metric"] == "eval/accuracy"
+    summary = evaluate_run(eval_config(run_dir, "test_checkpoint=best"), tmp_path / "out")
+    assert summary["checkpoint_iteration"] == best["iteration"]
+
+
 def test_inner_steps_and_inner_lr_overrides_apply(tiny_run, tmp_path):
     run_dir = tiny_run["run_dir"]
     base = evaluate_run(eval_config(run_dir, "eval_steps=1"), tmp_path / "a")
@@ -143,3 +154,17 @@ def test_cli_eval_of_a_corrupt_checkpoint_is_one_line_and_exit_2(tiny_run, tmp_p
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("metarun: error: checkpoint") and "corrupt" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_eval_output_goes_to_hydra_run_dir_when_given_else_under_the_run(tmp_path):
+    from metarun.cli import expand_run_dir
+
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- algo=anil\n- hydra.run.dir=run\n- seed=3\n")
+    default = expand_run_dir(["mode=eval", f"run_dir={run_dir}"])
+    assert default[:2] == ["algo=anil", "seed=3"] and default[-1].startswith(f"hydra.run.dir={run_dir}/eval/")
+    chosen = expand_run_dir(["mode=eval", f"run_dir={run_dir}", "hydra.run.dir=elsewhere"])
+    assert chosen == ["algo=anil", "seed=3", "mode=eval", f"run_dir={run_dir}", "hydra.run.dir=elsewhere"]
+    resumed = expand_run_dir(["resume=true", f"run_dir={run_dir}", "hydra.run.dir=elsewhere"])
+    assert resumed[-1] == f"hydra.run.dir={run_dir}"  # a resumed run continues in place
