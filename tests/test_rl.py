@@ -67,6 +67,21 @@ def test_goals_are_uniform_in_the_square_and_seeded():
     assert torch.equal(goals, task.sample(2000, torch.Generator().manual_seed(3), "test"))
 
 
+def test_reference_test_goals_are_the_reference_scripts_and_only_for_the_test_split():
+    task = Navigation2D(test_goals="reference")
+    goals = task.sample(40, torch.Generator().manual_seed(0), "test")
+    # test_maml_point.py: np.random.seed(1); np.random.uniform(-0.5, 0.5, size=(40, 2)). Its first draws:
+    assert goals[0].tolist() == pytest.approx([-0.082978, 0.220324], abs=1e-6)
+    assert goals[39].tolist() == pytest.approx(list(np.random.RandomState(1).uniform(-0.5, 0.5, (40, 2))[39]), abs=1e-7)
+    assert torch.equal(task.sample(5, None, "test"), goals[:5])
+    assert torch.equal(task.sample(60, None, "test")[:40], goals)  # more than 40 continue the stream
+    # Training and validation goals stay random draws from the run's generators.
+    assert torch.equal(task.sample(3, torch.Generator().manual_seed(0), "val"),
+                       Navigation2D().sample(3, torch.Generator().manual_seed(0), "val"))
+    with pytest.raises(ConfigError, match="task.test_goals"):
+        Navigation2D(test_goals="cbfinn")
+
+
 def test_gymnasium_single_env():
     env = Navigation2DEnv(horizon=3, normalize_actions=False)
     obs, info = env.reset(seed=5)

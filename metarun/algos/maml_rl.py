@@ -270,6 +270,7 @@ class MAMLRL:
         # autograd-tracked parameters: the same inner steps recorded by autograd run ~4x slower.
         theta = {k: v.detach() for k, v in params.items()}
         old, pullback = torch.func.vjp(lambda th: self.post_policy(th, inner, post["obs"]), theta)
+        metrics["std"] = old[1].exp().mean().item()  # post-adaptation action std: exploration left
         outputs = tuple(o.detach().requires_grad_() for o in old)
         loss, _ = self.surrogate(*outputs, post, old)
         grad = pullback(torch.autograd.grad(loss, outputs))[0]  # d loss / d theta, through the inner steps

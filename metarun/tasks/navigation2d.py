@@ -10,6 +10,11 @@ numbers were obtained with: the policy acts in [-1, 1] units, scaled linearly on
 box, so a unit-variance initial policy explores at the scale of the box. With false the policy's
 action is the velocity itself.
 
+`test_goals=reference` meta-tests on the 40 goals of the reference's test script
+(cbfinn/maml_rl `test_maml_point.py`: ``np.random.seed(1); np.random.uniform(-0.5, 0.5, (40, 2))``),
+so metarun's table and the published one average over the same goals; `sampled` (default) draws
+the test goals like any split, from the evaluation's seeded generator.
+
 `BatchedNavigation2D` steps every (task, trajectory) pair at once as torch tensors; `Navigation2DEnv`
 is a single-goal Gymnasium-compatible environment over the same dynamics.
 """
@@ -59,7 +64,8 @@ class Navigation2D:
     output_dim = 2
     classification = False
 
-    def __init__(self, horizon=100, goal_low=-0.5, goal_high=0.5, max_speed=0.1, success_radius=0.01, normalize_actions=True):
+    def __init__(self, horizon=100, goal_low=-0.5, goal_high=0.5, max_speed=0.1, success_radius=0.01, normalize_actions=True,
+                 test_goals="sampled"):
         if not (isinstance(horizon, int) and horizon >= 1):
             raise ConfigError("task.horizon", horizon, "an integer >= 1")
         if not goal_low < goal_high:
@@ -69,7 +75,9 @@ class Navigation2D:
                 raise ConfigError(key, value, "a number > 0")
         if not isinstance(normalize_actions, bool):
             raise ConfigError("task.normalize_actions", normalize_actions, "true or false")
-        self.horizon, self.goal_range = horizon, (goal_low, goal_high)
+        if test_goals not in ("sampled", "reference"):
+            raise ConfigError("task.test_goals", test_goals, "sampled or reference")
+        self.horizon, self.goal_range, self.test_goals = horizon, (goal_low, goal_high), test_goals
         self.max_speed, self.success_radius = max_speed, success_radius
         self.normalize_actions = normalize_actions
         # rllab's normalize(): a in [-1, 1] maps to lb + (a + 1) (ub - lb) / 2 = max_speed * a.
@@ -78,6 +86,10 @@ class Navigation2D:
     def sample(self, n, generator, split="train"):
         # Every split draws from the same goal distribution; evaluation uses its own seeded generator.
         low, high = self.goal_range
+        if split == "test" and self.test_goals == "reference":
+            # numpy's legacy stream seeded 1, as the reference drew them; past 40 the same stream goes on.
+            goals = np.random.RandomState(1).uniform(low, high, size=(max(n, 40), 2))[:n]
+            return torch.as_tensor(goals, dtype=torch.float32)
         return low + (high - low) * torch.rand(n, 2, generator=generator)
 
     def env(self, goals):
