@@ -171,6 +171,7 @@ def run(cfg, run_dir, group=None, name=None):
         final = evaluation("test", "test")
         summary.update(final, status="completed", iteration=cfg.iterations, tested_iteration=tested, time=train_time,
                        wall_time=time.perf_counter() - wall_start,  # this process's, evaluations included
+                       threads=torch.get_num_threads(),  # what the times above were measured with
                        **{f"oracle/{k}": v for k, v in oracle.items()})
         status = "completed"
         return summary
