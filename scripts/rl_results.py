@@ -4,15 +4,17 @@
     python scripts/rl_results.py --read-only          # only read finished runs
     python scripts/rl_results.py --bench 5            # seconds per meta-iteration, exact vs subsampled Fisher
 
-Two protocols, each with MAML and the two baselines on the same 40 fixed test goals:
+Two protocols, each with MAML and the two baselines, tested on the reference's 40 goals:
   the issue's / paper's text (+experiment=maml_rl_navigation): inner lr 0.1, 500 meta-iterations,
-      tested with 20 trajectories per step at lr 0.1 then 0.05, on the best validation checkpoint;
+      tested at lr 0.1 then 0.05 with 40 trajectories per step, on the best validation checkpoint;
       maml (the preset, torch's default threads: the timed run), maml_last (that run's last
-      iterate, evaluated with mode=eval), maml_exact (the exact Fisher), anil, pretrained (inner_steps=0: TRPO
-      on all tasks jointly), random (iterations=0);
+      iterate, evaluated with mode=eval), maml_seed1/2, maml_exact (the exact Fisher), anil,
+      pretrained (inner_steps=0: TRPO on all tasks jointly) and its last iterate, random (iterations=0);
   the reference code's (+experiment=maml_rl_navigation_reference): inner lr 0.5, 100 meta-iterations,
       tested with 40 trajectories per step at lr 0.5 then 0.25;
       maml_reference, random_reference, pretrained_reference (the joint policy above, tested this way).
+Then the preset's MAML checkpoint evaluated on other test sets (20 trajectories per step, goals drawn
+from eval_seed): maml_20, maml_sampled, maml_sampled_20, maml_sampled40_20.
 Runs live in outputs/maml_rl/<name>; a run that completed is read, not run again.
 """
 import argparse
@@ -47,9 +49,13 @@ RUNS = {
                          "algo.eval_trajectories=20"]),
     "maml_sampled40_20": ("MAML, 40 goals drawn from eval_seed, 20 trajectories per test step",
                           ["mode=eval", "run_dir={root}/maml", "task.test_goals=sampled", "algo.eval_trajectories=20"]),
+    "maml_seed1": ("MAML, seed 1", [ISSUE, "seed=1", "threads=1"]),
+    "maml_seed2": ("MAML, seed 2", [ISSUE, "seed=2", "threads=1"]),
     "maml_exact": ("MAML, exact Fisher", [ISSUE, "algo.fisher_subsample=1.0", "threads=1"]),
     "anil": ("ANIL (adapts the mean layer and log-std)", [ISSUE, "algo.adapt=[head.*]", "threads=1"]),
     "pretrained": ("pretrained (joint TRPO), then adapted", [ISSUE, "algo.inner_steps=0", "threads=1"]),
+    "pretrained_last": ("pretrained (joint TRPO), last iterate, then adapted",
+                        ["mode=eval", "run_dir={root}/pretrained", "test_checkpoint=last"]),
     "random": ("random init, then adapted", [ISSUE, "iterations=0"]),
     "maml_reference": ("MAML", [REFERENCE_PRESET]),
     "random_reference": ("random init, then adapted", [REFERENCE_PRESET, "iterations=0"]),
@@ -64,7 +70,8 @@ PROTOCOLS = [
      "best.pt, the parameters with the best validation return after 3 steps (validated every 25 "
      "meta-iterations on 40 other goals); the `last iterate` rows test the final parameters "
      "(`test_checkpoint=last`).",
-     ["maml", "maml_last", "maml_exact", "anil", "pretrained", "random"]),
+     ["maml", "maml_last", "maml_seed1", "maml_seed2", "maml_exact", "anil", "pretrained", "pretrained_last",
+      "random"]),
     ("The reference code's protocol (`+experiment=maml_rl_navigation_reference`)",
      "What cbfinn/maml_rl's own scripts did for the published numbers: meta-trained with inner lr 0.5 "
      "(exact Fisher, 100 meta-iterations: `maml_trpo_point.py`), tested with 40 trajectories per step at "
@@ -78,6 +85,8 @@ PROTOCOLS = [
      ["maml_20", "maml_sampled", "maml_sampled_20", "maml_sampled40_20"]),
 ]
 TARGETS = [(1, -13.0), (2, -5.0)]
+# The runs drawn in the figure; the others are in the tables only (the seeds would overlap MAML's
+# line, and the pretrained last iterate's returns, below -170, would flatten every other line).
 COLORS = {"maml": "C0", "maml_last": "C7", "maml_exact": "C3", "anil": "C4", "pretrained": "C1", "random": "C2"}
 NOTES = """## How it works
 
@@ -110,7 +119,12 @@ NOTES = """## How it works
   jointly), `random` is `iterations=0`; both are adapted at test time exactly like MAML, on the same
   goals and with the same action noise (the evaluation generator is seeded with `eval_seed`).
   Validation during training uses other goals (seed `eval_seed + 1`), so nothing is selected on the
-  test goals.
+  test goals. The pretrained run is selected by the same rule as MAML (best validation return after
+  3 steps), which is generous to it: joint training never looks at adaptation, and its learned std
+  falls from 1 to 0.04 over the 500 meta-iterations; near std 0.3 (meta-iteration 100) a step of
+  REINFORCE lands well, past it the steps overshoot and the adapted return collapses
+  (`pretrained, last iterate`). MAML keeps its 1-step return at -11 to -13 on validation through all
+  500 meta-iterations.
 - **Model selection**: every run writes `best.pt`, the parameters with the best validation return
   after 3 steps; `test_checkpoint=best` (the navigation preset) meta-tests them instead of the final
   parameters. The meta-objective is the return after one inner step (`algo.inner_steps=1`); the
@@ -139,7 +153,8 @@ NOTES = """## How it works
   (500) tests the best validation checkpoint, and reports the last iterate alongside.
 - `+experiment=maml_rl_navigation` computes the Fisher-vector products on 1/4 of the tasks
   (`algo.fisher_subsample=0.25`) to fit the paper-length run in 20 minutes; the reference used the
-  exact Fisher (the `maml_exact` run above, `algo.fisher_subsample=1.0`).
+  exact Fisher (the `maml_exact` row above, `algo.fisher_subsample=1.0`: returns within the CIs of
+  the preset's, at 2.5x the time per meta-iteration in `--bench`).
 - rllab fitted the linear baseline with its own least-squares routine (ridge 1e-5, growing when
   singular); metarun solves the same ridge system in float64.
 
@@ -217,9 +232,9 @@ def main():
     x = list(range(steps + 1))
     args.docs.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for ax, (title, _, names), reference in zip(axes, PROTOCOLS, (False, True)):
+    for ax, (title, _, names) in zip(axes[:2], PROTOCOLS[:2]):  # the third panel: learning curves
         for name in names:
-            if summaries[name]:
+            if summaries[name] and name.replace("_reference", "") in COLORS:
                 mean, ci = returns(summaries[name], steps)
                 ax.errorbar(x, mean, yerr=ci, marker="o", capsize=3, color=COLORS[name.replace("_reference", "")],
                             label=f"metarun {RUNS[name][0]}")
@@ -247,8 +262,9 @@ def main():
               + " | meta-iterations | tested iteration | training time |")
     lines = ["# MAML-RL on 2D navigation", "",
              f"Generated by `python scripts/rl_results.py` from the runs in `{_shown(args.root)}/`. Average return",
-             "per task over 40 fixed test goals (eval_seed 12345) after 0..3 inner REINFORCE steps, each step on",
-             "fresh trajectories; +- is the 95% CI over goals. Missing runs: " + (", ".join(missing) or "none") + ".", ""]
+             "per task over the test goals (the reference's 40 unless a row says otherwise) after 0..3 inner",
+             "REINFORCE steps, each step on fresh trajectories; +- is the 95% CI over goals. Missing runs: "
+             + (", ".join(missing) or "none") + ".", ""]
     for title, text, names in PROTOCOLS:
         lines += [f"## {title}", "", text, "", header, "|---|" + "---|" * (steps + 4)]
         for name in names:
@@ -270,12 +286,12 @@ def main():
                 mean = returns(summaries[name], steps)[0]
                 verdict = ", ".join(f"{k} step{'s' * (k > 1)} {mean[k]:.1f} (target >= {t:g}: {'met' if mean[k] >= t else 'NOT met'})"
                                     for k, t in TARGETS)
-                lines.append(f"\\nTargets, {RUNS[name][0]}: {verdict}.")
+                lines += ["", f"Targets, {RUNS[name][0]}: {verdict}."]
         lines.append("")
     lines += ["Validation returns during meta-training (validation goals drawn with seed eval_seed + 1, not the",
               "test goals), after 0 / 1 / 2 / 3 steps, and the action std of the post-adaptation training",
               "policies (`train/std`, in the policy's [-1, 1] action units) at that meta-iteration:", ""]
-    for name in ("maml", "maml_exact", "anil", "maml_reference"):
+    for name in ("maml", "maml_exact", "anil", "pretrained", "maml_reference"):
         if not summaries[name]:
             continue
         lines += [f"`{name}`:", "", "| meta-iteration | " + " | ".join(f"{k} step{'' if k == 1 else 's'}" for k in x)
@@ -327,14 +343,17 @@ def bench(n, root):
 
 def timing(root, summaries):
     """The timing section: the paper-length runs' own clocks and the last `--bench` figures."""
-    lines = ["## Time of a paper-length run", ""]
-    for name in ("maml", "maml_exact", "anil", "pretrained", "maml_reference"):
+    lines = ["## Time of a paper-length run", "",
+             "The runs' own clocks on this machine's 2 cores. `maml` ran alone with torch's 2 threads; the others",
+             "ran two or three at a time with one thread each (OMP_NUM_THREADS=1), so their times include waiting",
+             "for a core. `--bench` measures the preset's meta-iteration alone.", ""]
+    for name in ("maml", "maml_seed1", "maml_seed2", "maml_exact", "anil", "pretrained", "maml_reference"):
         s = summaries.get(name)
         if s:
-            threads = _config(root / name).get("threads") or "torch default (2)"
             wall = f", {s['wall_time'] / 60:.1f} min wall-clock with the evaluations" if "wall_time" in s else ""
+            threads = f" ({s['threads']} torch threads)" if "threads" in s else ""
             lines.append(f"- `{name}`: {s['time'] / 60:.1f} min of training for {_config(root / name)['iterations']} "
-                         f"meta-iterations{wall} (threads: {threads}).")
+                         f"meta-iterations{wall}{threads}.")
     bench_file = root / "bench.json"
     if bench_file.is_file():
         b = json.loads(bench_file.read_text())
