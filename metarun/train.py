@@ -161,7 +161,10 @@ def run(cfg, run_dir, group=None, name=None):
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
                 save(it)
                 last_good = it
-            bar.set_postfix({k.split("/")[-1]: f"{v:.4g}" for k, v in row.items() if k in ("train/loss", "train/accuracy", "train/return", "eval/loss", "eval/accuracy", "eval/return")}, refresh=False)
+            # Validation figures as val_<name>, so they do not overwrite the training ones of the same name.
+            bar.set_postfix({k.replace("train/", "").replace("eval/", "val_"): f"{v:.4g}" for k, v in row.items()
+                             if k in ("train/loss", "train/accuracy", "train/return", "eval/loss", "eval/accuracy", "eval/return")},
+                            refresh=False)
         bar.close()
         tested = cfg.iterations
         if cfg.test_checkpoint == "best" and best is not None:
