@@ -67,7 +67,8 @@ def pick(table, key):
     if not isinstance(table, DictConfig):
         return table
     if key not in table:
-        raise ConfigError("pick", key, f"a key of the preset's table: {', '.join(map(str, table.keys()))} (or set the value itself)")
+        raise ConfigError("${pick:table,key}", key, f"a key of the preset's table: {', '.join(map(str, table.keys()))} "
+                          "(or give the value itself, e.g. iterations=500)")
     return table[key]
 
 
