@@ -46,3 +46,14 @@ def test_a_launcher_on_the_command_line_replaces_the_presets_two_job_joblib(laun
     assert cfg("+experiment=omniglot_anil_nonconvex", hydra=True).hydra.launcher.n_jobs == 2
     c = cfg("+experiment=omniglot_anil_nonconvex", f"hydra/launcher={launcher}", hydra=True)
     assert c.hydra.launcher._target_.endswith(target) and "n_jobs" not in c.hydra.launcher
+
+
+def test_the_readmes_slurm_command_for_the_omniglot_sweep_composes(monkeypatch):
+    text = (REPO / "README.md").read_text()
+    block = text.split("METARUN_DATA=/path/to/data metarun -m +experiment=omniglot_anil_nonconvex")[1].split("```")[0]
+    command = block.split("metarun-report")[0].replace("\\\n", " ").split()
+    overrides = ["+experiment=omniglot_anil_nonconvex", *(a.replace("<partition>", "cpu") for a in command)]
+    c = cfg(*overrides, hydra=True)
+    assert c.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (c.hydra.launcher.partition, c.hydra.launcher.cpus_per_task, c.threads) == ("cpu", 2, 2)
+    assert c.hydra.sweeper.params["algo.inner_steps"] == "1,5,10,20"
