@@ -422,7 +422,7 @@ def main():
     for preset in args.presets:
         if not args.skip_runs:
             run_sweep(preset, args.scale, work / preset, args.data, args.seeds, args.launcher)
-        if (work / preset).is_dir():
+        if (work / preset).is_dir() and (args.seeds is None or args.skip_runs):  # a part of a sweep waits for the rest
             run_reports(work / preset)
     if not args.no_doc:
         write_doc(work, Path(args.docs), args.scale)
