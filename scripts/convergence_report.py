@@ -405,12 +405,20 @@ def write_doc(work, docs, scale):
     print(f"wrote {out} and {len(list(figures.glob('*.png')))} figures")
 
 
+def default_data():
+    if os.environ.get("METARUN_DATA"):
+        return os.environ["METARUN_DATA"]
+    found = [p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()]
+    return str(found[0] if found else REPO.parent / "shared" / "data")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=PRESETS, choices=PRESETS)
     parser.add_argument("--scale", default="quick", choices=["quick", "full"])
     parser.add_argument("--work-dir", default=str(REPO / "outputs" / "convergence"))
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="METARUN_DATA for the Omniglot presets")
+    parser.add_argument("--data", default=default_data(), help="METARUN_DATA for the Omniglot presets (default: $METARUN_DATA, "
+                        "else the first ../shared/data above the repository)")
     parser.add_argument("--docs", default=str(REPO / "docs"))
     parser.add_argument("--skip-runs", action="store_true", help="reuse the sweeps already in --work-dir")
     parser.add_argument("--no-doc", action="store_true", help="run sweeps and reports only")
