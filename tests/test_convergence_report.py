@@ -92,7 +92,7 @@ def test_claim_rows_compare_the_largest_n_with_the_smallest_on_every_axis():
     # Rolling mean of 5: N = 20 reaches the target (0.47) at its 3rd point, 60000 oracle cost (20x per
     # iteration); N = 1 at its 10th, 10000. Identical seeds: an exact difference of 50000.
     assert loss["oracle cost"] == "**contradicted**: 50000 ± 0"
-    assert {r["target"].split(" <=")[0] for r in rows} == {"training loss", "mean ||meta-gradient||^2"}
+    assert {r["target"].split(" <=")[0] for r in rows} == {"training loss", "mean ‖meta-gradient‖²"}
 
 
 def test_template_oracle_table_lists_exactly_the_counts_the_code_logs():
@@ -142,5 +142,7 @@ def test_document_from_tiny_sweeps(tmp_path):
     assert "| 3. ANIL cheaper than MAML | linear regression | ANIL - MAML, N=1 |" in out
     verdicts = re.findall(r"\*\*(reproduced|contradicted|not resolved)\*\*", out)
     assert verdicts and "{{" not in out
+    for table in re.findall(r"((?:^\|.*\|\n)+)", out, flags=re.M):  # no cell breaks its table (a stray "|")
+        assert len({line.count("|") for line in table.splitlines()}) == 1, table
     assert (tmp_path / "docs" / "convergence" / "anil_strongly_convex_grad_sq_mean.png").is_file()
     assert (tmp_path / "docs" / "convergence" / "anil_strongly_convex_plateau.png").is_file()
