@@ -270,10 +270,11 @@ def plot_plateaus(rows, path, title):
     colors = plt.cm.viridis([i / max(1, len(rows) - 1) * 0.9 for i in range(len(rows))])
     for row, color in zip(rows, colors):
         c = row["curve"]
-        for ax, x in zip(axes, (c.index, c["time"])):
+        for ax, x in zip(axes, (c.index.to_numpy(), c["time"].to_numpy())):
             ax.plot(x, c["mean"], color=color, label=row["setting"] if ax is axes[0] else None)
             if row["plateau"] is not None:
-                ax.plot(x[list(c.index).index(row["plateau"])], c.loc[row["plateau"], "mean"], "o", color=color, ms=7, mfc="none")
+                at = list(c.index).index(row["plateau"])
+                ax.plot(x[at], c["mean"].iloc[at], "o", color=color, ms=7, mfc="none")
     axes[0].set_xlabel("meta-iterations")
     axes[1].set_xlabel("training seconds")
     axes[0].set_ylabel("train/loss (seed mean, rolling 5)")
