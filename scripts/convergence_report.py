@@ -287,13 +287,27 @@ def plot_plateaus(rows, path, title):
     plt.close(fig)
 
 
+def declared_jobs(preset, scale):
+    """How many jobs the preset's own sweep declares (hydra.sweeper.params), to show a sweep that is not complete."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    import metarun.config  # noqa: F401  registers ${pick:}
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("metarun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={preset}", f"scale={scale}"], return_hydra_config=True)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    return math.prod(len(str(v).split(",")) for v in params.values())
+
+
 def machine_text(slots, cpus):
     if slots is None:
         return "unknown"
     return "alone" if int(slots) >= (cpus or 2) else f"shared ({slots} of {cpus} cores)"
 
 
-def timing_row(preset, runs, sweep_dir):
+def timing_row(preset, runs, sweep_dir, scale="quick"):
     """The conditions a sweep ran under and its timings: from timing.json (one entry per part) and the runs."""
     path = sweep_dir / "timing.json"
     parts = json.loads(path.read_text()) if path.is_file() else []
@@ -301,7 +315,8 @@ def timing_row(preset, runs, sweep_dir):
     train = [r["summary"]["time"] for r in done]
     threads = sorted({r["summary"].get("threads") for r in done})
     minutes = sum(p["wall_seconds"] for p in parts) / 60 if parts else math.nan
-    return {"preset": preset, "runs": f"{len(done)}/{len(runs)} completed",
+    declared = declared_jobs(preset, scale)
+    return {"preset": preset, "runs": f"{len(done)} completed of {declared} declared" + (" (partial sweep)" if len(done) < declared else ""),
             "jobs at once": ",".join(sorted({str(p["jobs_at_once"]) for p in parts})) or "?",
             "threads per job": ",".join(map(str, threads)),
             "machine": ",".join(sorted({machine_text(p["cpu_slots"], p["cpus"]) for p in parts})) or "unknown",
@@ -336,10 +351,13 @@ def section(preset, work, figures):
     sweep_dir = work / preset
     report_dir = sweep_dir / "report"
     if not (report_dir / "summary.csv").is_file():
-        return f"*(not run: no report in {sweep_dir})*", None, []
+        data = "METARUN_DATA=../shared/data " if preset.startswith("omniglot_") else ""
+        return (f"*Not run for this version of the page* (no sweep in the work dir). It runs with "
+                f"`{data}python scripts/convergence_report.py --presets {preset} --no-doc`, or as a user would with "
+                f"`{data}metarun -m +experiment={preset}`.", None, [])
     runs = load_runs(sweep_dir)
     groups = settings_of(runs, sweep_dir)
-    notes = (report_dir / "summary.md").read_text().split("\n\n|")[0]
+    notes = (report_dir / "summary.md").read_text().split("\n\n|")[0].replace(str(REPO) + "/", "")
     table = pd.read_csv(report_dir / "summary.csv")
     cols = [c for c in ["setting", "runs", "iterations", "final_test_loss", "final_test_accuracy", "ci95", "final_dist_to_opt",
                         "sec_per_iter", "oracle_calls_per_iter", "oracle_cost_per_iter"] if c in table]
@@ -390,7 +408,7 @@ def write_doc(work, docs, scale):
         blocks[preset] = text
         if runs is not None:
             runs_by_preset[preset] = runs
-            timing_rows.append(timing_row(preset, runs, work / preset))
+            timing_rows.append(timing_row(preset, runs, work / preset, scale))
     # The quadratic: exact dynamics, so its rate table is the point (32 settings of loss curves are unreadable).
     rates_csv = work / "quadratic_1d" / "report" / "contraction.csv"
     if rates_csv.is_file():
