@@ -434,7 +434,9 @@ def write_doc(work, docs, scale):
     blocks["targets"] += "\n" + ("- no linear-regression or sinusoid sweep run" if not others else
                                  f"- every run of {', '.join(r['preset'] for r in others)} trained >= 30 s" if not linreg_short else "\n".join(
         f"- `{r['preset']}`: shortest run trained {r['_min_train']:.0f} s (target >= {MIN_TRAIN_SECONDS}: missed)" for r in linreg_short))
-    out = render(REPO / "docs" / "src" / "convergence.md", docs / "convergence.md", blocks, script="convergence_report.py")
+    template = REPO / "docs" / "src" / "convergence.md"
+    template = template.relative_to(REPO) if Path.cwd().resolve() == REPO else template  # a repo-relative name in the header
+    out = render(template, docs / "convergence.md", blocks, script="convergence_report.py")
     print(f"wrote {out} and {len(list(figures.glob('*.png')))} figures")
 
 
