@@ -118,6 +118,11 @@ def _validate(cfg):
     except ConfigError:
         raise
     except OmegaConfBaseException as e:  # e.g. an interpolation that cannot resolve
+        cause = e
+        while cause is not None and not isinstance(cause, ConfigError):  # raised inside a resolver (${pick:})
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
         raise ConfigError("config", "", str(e).splitlines()[0]) from None
 
 

@@ -2,7 +2,7 @@
 import re
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,24 @@ def resolve_device(name):
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError("device", name, f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return device
+
+
+def pick(table, key):
+    """`${pick:TABLE,KEY}` in a preset: TABLE[KEY] when TABLE is a mapping, else TABLE itself.
+
+    Presets use it for run lengths measured per setting, e.g. iterations by the number of inner
+    steps, `${pick:${scales.${scale}.iterations},${algo.inner_steps}}` with `{1: 9000, 20: 900}`.
+    """
+    if not isinstance(table, DictConfig):
+        return table
+    if key not in table:
+        raise ConfigError("${pick:table,key}", key, f"a key of the preset's table: {', '.join(map(str, table.keys()))} "
+                          "(or give the value itself, e.g. iterations=500)")
+    return table[key]
+
+
+if not OmegaConf.has_resolver("pick"):
+    OmegaConf.register_new_resolver("pick", pick)
 
 
 # Keys absent from a config (a task family's own options) are skipped.

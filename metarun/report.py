@@ -408,6 +408,9 @@ def report(sweep_dir, out=None, metric=None, target=None, smooth=5, wandb_flag=F
     if "train/dist_to_opt" in known:
         figures.append(plot_metric(groups, "train/dist_to_opt", out / "dist_to_opt.png", "distance to the optimum", 1, logy=True, dpi=dpi))
         figures.append(plot_contraction(groups, out / "contraction.png", dpi=dpi))
+    if "train/grad_sq_mean" in known:  # stationarity: the running mean of ||meta-gradient||^2 (MAML, ANIL)
+        figures.append(plot_metric(groups, "train/grad_sq_mean", out / "grad_sq_mean.png",
+                                   "running mean of the squared meta-gradient norm", 1, logy=True, dpi=dpi))
     figures = [f for f in figures if f is not None]
 
     given_target = target
@@ -449,7 +452,8 @@ def report(sweep_dir, out=None, metric=None, target=None, smooth=5, wandb_flag=F
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="metarun-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="a multirun dir (hydra.sweep.dir) or one run dir")
-    parser.add_argument("--metric", default=None, help="curve for the time-to-target table (default train/loss; train/return for RL runs)")
+    parser.add_argument("--metric", default=None, help="curve for the time-to-target table (default train/loss; train/return for RL runs; "
+                             "train/grad_sq_mean: the running mean of the squared meta-gradient norm)")
     parser.add_argument("--target", type=float, default=None,
                         help="level of --metric to reach (default: the worst final seed-mean level among the settings, which all reach)")
     parser.add_argument("--smooth", type=int, default=5, help="rolling mean over this many logged points for training curves (default 5)")

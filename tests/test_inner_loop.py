@@ -283,3 +283,26 @@ def test_per_parameter_learning_rates_scale_each_entry_and_carry_their_gradient(
     # d fast_a / d rate_a = -g_a, entry by entry.
     rate_grad, = torch.autograd.grad(fast["a"].sum(), rates["a"])
     torch.testing.assert_close(rate_grad, -g["a"])
+
+
+def test_step_logs_the_meta_gradient_norm_and_the_running_mean_of_its_square():
+    # Plain SGD with lr 0 keeps w fixed, so every step's meta-gradient is the hand-derived one for its batch.
+    torch.manual_seed(0)
+    model = LinearHead(4).double()
+    w = model.head.weight.detach()[0].clone()
+    algo = MAML(model, torch.optim.SGD(model.parameters(), lr=0.0), REGRESSION, ["*"], 2, 0.1, 0.0)
+    norms = []
+    for seed in range(3):
+        batch = quadratic_batch(seed=seed)
+        metrics = algo.step(batch)
+        expected = torch.linalg.vector_norm(hand_maml_gradient(w, batch, 0.1, 2, 0.0, False)).item()
+        assert metrics["grad_norm"] == pytest.approx(expected, rel=1e-6)
+        norms.append(expected)
+        assert metrics["grad_sq_mean"] == pytest.approx(sum(n * n for n in norms) / len(norms), rel=1e-6)
+    assert len({round(n, 6) for n in norms}) == 3  # different batches, different gradients
+    # The running sum is part of the algorithm's state, so a resumed run continues the same mean.
+    state = algo.state_dict()
+    other = MAML(model, torch.optim.SGD(model.parameters(), lr=0.0), REGRESSION, ["*"], 2, 0.1, 0.0)
+    other.load_state_dict(state)
+    batch = quadratic_batch(seed=3)
+    assert other.step(batch)["grad_sq_mean"] == pytest.approx(algo.step(batch)["grad_sq_mean"], rel=1e-12)

@@ -25,6 +25,9 @@ class MAML:
         rule_params = list(self.adapt_rule.parameters())
         if rule_params:  # learned rates or masks: meta-trained by the same outer optimizer
             optimizer.add_param_group({"params": rule_params})
+        # Running sum of ||meta-gradient||^2 over all meta-iterations: its mean is the stationarity
+        # measure Ji et al. bound for a nonconvex inner loss, (1/K) sum_k E||grad L(theta_k)||^2.
+        self.grad_sq_sum, self.grad_steps = torch.zeros((), dtype=torch.float64), 0
         if compile:
             # torch.compile removes most per-op overhead of vmap(grad) on small models; it pays
             # for itself only in long runs (about a minute of compilation on 2 CPU cores).
@@ -55,17 +58,26 @@ class MAML:
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.meta_loss(batch)
         metrics["loss"].backward()
+        # The meta-gradient is already here: its norm costs one reduction, and no extra device sync.
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        metrics["grad_norm"] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self.grad_sq_sum = self.grad_sq_sum.to(grads[0].device) + metrics["grad_norm"].double() ** 2
+        self.grad_steps += 1
+        metrics["grad_sq_mean"] = self.grad_sq_sum / self.grad_steps
         self.optimizer.step()
         names = list(metrics)
         values = torch.stack([metrics[k].detach() for k in names]).tolist()  # one device sync per step
         return {**dict(zip(names, values)), **self.adapt_rule.density(dict(self.model.named_parameters()))}
 
     def state_dict(self):
-        return {"optimizer": self.optimizer.state_dict(), "adapt_rule": self.adapt_rule.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "adapt_rule": self.adapt_rule.state_dict(),
+                "grad_sq_sum": self.grad_sq_sum, "grad_steps": self.grad_steps}
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state["optimizer"])
         self.adapt_rule.load_state_dict(state["adapt_rule"])
+        self.grad_sq_sum = state.get("grad_sq_sum", torch.zeros((), dtype=torch.float64))  # absent before grad_norm was logged
+        self.grad_steps = state.get("grad_steps", 0)
 
     def oracle_calls(self, meta_batch_size):
         # Per task (Ji et al., 2020): N inner gradients, one outer gradient and, when second
