@@ -173,7 +173,7 @@ def check_run_dir(cfg):
     """Before Hydra creates anything: the checkpoint that resume=true or mode=eval needs is there and loads."""
     if not cfg.get("run_dir") or not (cfg.resume or cfg.mode == "eval"):
         return
-    run_dir = Path(cfg.run_dir)
+    run_dir = Path(cfg.run_dir).absolute()
     if cfg.resume:
         path = run_dir / "checkpoint.pt"
         hint = "run without resume=true to start a new run"
@@ -183,6 +183,8 @@ def check_run_dir(cfg):
     if not path.is_file():
         raise DataError(f"no checkpoint at {path}: {hint}")
     load_checkpoint(path)  # a corrupt file fails here, in one line
+    if cfg.resume and (run_dir / "best.pt").is_file():  # resume reads best.pt too
+        load_checkpoint(run_dir / "best.pt")
 
 
 def _validate(cfg):
@@ -218,12 +220,13 @@ def expand_run_dir(argv):
                                                f"metarun mode=eval run_dir={example}")
         raise ConfigError("run_dir", None, f"missing; resume=true needs the run to continue: "
                                            f"metarun resume=true run_dir={example}")
-    if resume and not (Path(run_dir) / "checkpoint.pt").is_file():
-        raise DataError(f"no checkpoint at {Path(run_dir) / 'checkpoint.pt'}: run without resume=true to start a new run")
-    if not Path(run_dir).is_dir():
-        raise DataError(f"run_dir={run_dir} does not exist")
     saved = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
+    if not saved.is_file():  # the checkpoint itself is checked once the config is composed (check_run_dir)
+        if resume and not (Path(run_dir) / "checkpoint.pt").is_file():
+            raise DataError(f"no checkpoint at {Path(run_dir).absolute() / 'checkpoint.pt'}: run without resume=true "
+                            "to start a new run")
+        if not Path(run_dir).is_dir():
+            raise DataError(f"run_dir={run_dir} does not exist")
         raise DataError(f"run_dir={run_dir} has no .hydra/overrides.yaml: not a metarun run dir")
     own = {"resume", "run_dir", "hydra.run.dir", "mode"}
     previous = [o for o in OmegaConf.to_container(OmegaConf.load(saved)) if o.split("=")[0] not in own]

@@ -21,8 +21,9 @@ torch.set_num_threads(1)
 
 
 def run_metarun(*args, cwd, env=None, timeout=600, command="metarun"):
-    """Run a console script as a user would; returns the CompletedProcess."""
+    """Run a console script as a user would; returns the CompletedProcess. `env` values of None unset a variable."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run([command, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
