@@ -9,7 +9,8 @@ import torch
 
 from metarun.config import DataError
 
-FORMAT = 1
+FORMAT = 2  # 2: the algorithm's state under "algo" (format 1 had the optimizer's under "optimizer")
+READABLE = (1, 2)
 
 
 def umask():
@@ -59,8 +60,8 @@ def load(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise DataError(f"checkpoint {path} is corrupt or not a metarun checkpoint: {why_unreadable(path, e)}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise DataError(f"checkpoint {path} is not a metarun checkpoint of format {FORMAT}")
+    if not isinstance(state, dict) or state.get("format") not in READABLE:
+        raise DataError(f"checkpoint {path} is not a metarun checkpoint (formats {', '.join(map(str, READABLE))})")
     return state
 
 

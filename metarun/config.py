@@ -1,4 +1,7 @@
 """Checks on the composed config, so a bad value fails before a run starts, in one line."""
+import re
+
+import torch
 from omegaconf import OmegaConf
 
 
@@ -43,6 +46,23 @@ def _bool():
     return (lambda v: isinstance(v, bool)), "true or false"
 
 
+def _device():
+    return (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None), "auto, cpu, cuda or cuda:<index>"
+
+
+def resolve_device(name):
+    """torch.device for `device=auto|cpu|cuda[:k]`; auto is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", name, "auto or cpu: no CUDA device is available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError("device", name, f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
 # Keys absent from a config (a task family's own options) are skipped.
 RULES = {
     "scale": _choice("quick", "full"),  # first: presets interpolate their lengths from it
@@ -56,7 +76,9 @@ RULES = {
     "eval_tasks": _int(1),
     "checkpoint_every": _int(1),
     "resume": _bool(),
+    "device": _device(),
     "mode": _choice("train", "eval"),
+    "split": _choice("val", "test"),
     "test_checkpoint": _choice("last", "best"),
     "algo.inner_steps": _int(0),
     "algo.inner_lr": _positive(),

@@ -24,12 +24,18 @@ def adapted_names(model, patterns):
     return [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
 
 
-def adapt(inner_loss, fast, steps, lr, l2=0.0, first_order=False):
-    """Take `steps` gradient steps of `inner_loss` on the parameter dict `fast`.
+def adapt(inner_loss, fast, steps, lr, l2=0.0, first_order=False, *, rule=None, max_grad_norm=None):
+    """Take `steps` gradient steps of `inner_loss` on the parameter dict `fast`; return the adapted dict.
 
-    The inner objective is ``inner_loss(fast) + l2 * ||fast||^2``. Second order (the default)
-    keeps the graph of every step so the outer gradient flows through the adaptation;
-    `first_order` detaches the inner gradients, which drops exactly the Hessian terms.
+    The inner objective is ``inner_loss(fast) + l2 * ||fast||^2``. `lr` is a float or a dict of
+    per-parameter rates broadcastable to each tensor (Meta-SGD's learned rates, or `inner_lr * mask`
+    for gradient masks); it may carry a graph, so the outer loop can learn it. `rule` is the step
+    rule: None for SGD (theta - lr * g), or `Adam(...)` for a differentiable Adam step from an
+    optimizer state (LIRPG's lookahead). `max_grad_norm` clips the gradient's global norm first,
+    as `torch.nn.utils.clip_grad_norm_` does, but differentiably.
+
+    Second order (the default) keeps the graph of every step so the outer gradient flows through
+    the adaptation; `first_order` detaches the inner gradients, which drops exactly the Hessian terms.
     """
 
     def objective(params):
@@ -38,12 +44,95 @@ def adapt(inner_loss, fast, steps, lr, l2=0.0, first_order=False):
             loss = loss + l2 * sum(p.pow(2).sum() for p in params.values())
         return loss
 
+    state = rule.init(fast) if rule is not None else None
     for _ in range(steps):
         grads = grad(objective)(fast)
-        # torch.add(p, g, alpha=-lr) is p - lr * g in one op: under vmap and grad every op costs
-        # dispatch overhead, which dominates small models such as the sinusoid MLP.
-        fast = {k: torch.add(p, grads[k].detach() if first_order else grads[k], alpha=-lr) for k, p in fast.items()}
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        if max_grad_norm is not None:
+            grads = clip_by_global_norm(grads, max_grad_norm)
+        if rule is None:
+            fast = sgd_step(fast, grads, lr)
+        else:
+            fast, state = rule.step(fast, grads, state, lr)
     return fast
+
+
+def sgd_step(fast, grads, lr):
+    if isinstance(lr, dict):
+        return {k: p - lr[k] * grads[k] if k in lr else p for k, p in fast.items()}
+    # torch.add(p, g, alpha=-lr) is p - lr * g in one op: under vmap and grad every op costs
+    # dispatch overhead, which dominates small models such as the sinusoid MLP.
+    return {k: torch.add(p, grads[k], alpha=-lr) for k, p in fast.items()}
+
+
+def clip_by_global_norm(grads, max_norm):
+    """`torch.nn.utils.clip_grad_norm_`'s rule as a pure function: scale by min(1, max_norm / (norm + 1e-6))."""
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+    scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    return {k: g * scale for k, g in grads.items()}
+
+
+class Adam:
+    """A differentiable Adam step (torch.optim.Adam's update, no weight decay or amsgrad).
+
+    `state` is the optimizer's per-parameter state before this step, `{name: {"exp_avg",
+    "exp_avg_sq", "step"}}` as `torch.optim.Adam.state` holds it (None or a missing name: zeros),
+    so one step from it equals the real optimizer's next step. Later steps continue from the
+    updated moments.
+    """
+
+    def __init__(self, betas=(0.9, 0.999), eps=1e-8, state=None):
+        self.betas, self.eps, self.state = betas, eps, state or {}
+
+    def init(self, fast):
+        def start(k, p):
+            s = self.state.get(k)
+            if s is None:
+                return (torch.zeros_like(p), torch.zeros_like(p), torch.zeros((), dtype=p.dtype, device=p.device))
+            return (s["exp_avg"], s["exp_avg_sq"], torch.as_tensor(s["step"], dtype=p.dtype, device=p.device))
+        return {k: start(k, p) for k, p in fast.items()}
+
+    def step(self, fast, grads, state, lr):
+        beta1, beta2 = self.betas
+        new_fast, new_state = {}, {}
+        for k, p in fast.items():
+            m, v, t = state[k]
+            g = grads[k]
+            t = t + 1
+            m = beta1 * m + (1 - beta1) * g
+            v = beta2 * v + (1 - beta2) * g * g
+            rate = lr[k] if isinstance(lr, dict) else lr
+            denom = v.sqrt() / torch.sqrt(1 - beta2 ** t) + self.eps
+            new_fast[k] = p - rate / (1 - beta1 ** t) * m / denom
+            new_state[k] = (m, v, t)
+        return new_fast, new_state
+
+
+class FixedRule(torch.nn.Module):
+    """`algo.adapt_rule=fixed`: every adapted parameter steps with the scalar `algo.inner_lr`.
+
+    Adapt rules decide the per-parameter inner learning rates (`learning_rates(params, lr)`, a
+    float or a dict for `adapt`); learned rules (Meta-SGD, gradient masks) hold their tensors as
+    parameters of this module, trained by the outer optimizer and saved with the algorithm.
+    """
+
+    def learning_rates(self, params, lr):
+        return lr
+
+    def density(self, params):
+        """Share of each adapted tensor that adapts (logged for learned masks; all of it here)."""
+        return {}
+
+
+ADAPT_RULES = ("fixed",)
+
+
+def make_adapt_rule(name, model, adapted, inner_lr, first_order=False):
+    """The `algo.adapt_rule` module for the adapted parameters `adapted` of `model`."""
+    if name == "fixed":
+        return FixedRule()
+    raise ConfigError("algo.adapt_rule", name, "one of " + ", ".join(ADAPT_RULES))
 
 
 def _strip(prefix, d):
@@ -87,6 +176,7 @@ def accuracy(outputs, targets):
 def adapt_and_evaluate(model, params, adapted, loss_fn, support, query, steps, lr, l2=0.0, classification=False):
     """Per-task query ``{"loss": ..., "accuracy": ...}`` after 0, 1, ..., `steps` inner steps. For vmap.
 
+    `lr` is what `adapt` takes: a float or per-parameter rates (from the algorithm's adapt rule).
     Each step is one more call of `adapt`, so evaluation runs exactly the training inner loop.
     """
     prepare, predict = task_functions(model, params, adapted)

@@ -2,7 +2,8 @@
 
 `evaluate_run` is what `metarun mode=eval run_dir=<run>` calls: the run's model is rebuilt from
 the composed config (the run's overrides, then the user's), its checkpoint loaded, and the
-meta-test split evaluated exactly as at the end of training.
+meta-test split (or, with `split=val`, the validation split: where choices such as the number of
+test-time inner steps are made) evaluated exactly as at the end of training.
 
 `load_learner(run_dir)` gives a `Learner` for your own few-shot tasks:
 
@@ -20,6 +21,7 @@ head adapts: the output layer is then zero-initialised (Ye & Chao, 2021, "How to
 to excel in few-shot classification": with a zero head every class starts equal, so any number
 of ways can be adapted to) and everything else loaded; the output says so.
 """
+import json
 import time
 import warnings
 from pathlib import Path
@@ -33,8 +35,10 @@ from torch.func import vmap
 
 from metarun import checkpoint
 from metarun.config import ConfigError, DataError, validate
+from metarun.algos import SelfEvaluating
 from metarun.evaluate import evaluate, summarize
-from metarun.inner_loop import adapt, task_functions
+from metarun.inner_loop import FixedRule, adapt, task_functions
+from metarun.tasks import ReadsImages
 from metarun.train import build, write_summary
 
 ZERO_INIT = "zero-initialised (Ye & Chao, 2021)"
@@ -83,6 +87,7 @@ def evaluate_run(cfg, out_dir):
     The "test/*" figures are those of `metarun.train.run`'s final evaluation: `cfg.eval_tasks`
     fixed tasks (seed `cfg.eval_seed`) of the test split, after 0..K inner steps, where K is
     the larger of `cfg.eval_steps` and `cfg.algo.inner_steps`; "test/<metric>" is after K steps.
+    With `split=val` the figures are the validation set's (seed `eval_seed + 1`), named "val/*".
     """
     start = time.perf_counter()
     validate(cfg)
@@ -95,15 +100,18 @@ def evaluate_run(cfg, out_dir):
     if out_dir.resolve() == source.resolve():
         raise ConfigError("hydra.run.dir", str(out_dir), "a folder other than run_dir: evaluation never writes over "
                           "the training run's files")
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = source / ("best.pt" if cfg.get("test_checkpoint") == "best" else "checkpoint.pt")
-    print(f"metarun: evaluating {path} into {out_dir}", flush=True)
-    summary = {"status": "running", "mode": "eval", "run_dir": str(out_dir), "source_run_dir": str(source)}
+    split = cfg.get("split", "test")
+    state = read_checkpoint(path)  # before anything is printed or written: a run without one fails cleanly
+    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"metarun: evaluating {path} on the {split} split into {out_dir}", flush=True)
+    summary = {"status": "running", "mode": "eval", "split": split, "run_dir": str(out_dir), "source_run_dir": str(source),
+               "checkpoint": path.name}
     write_summary(out_dir, summary)
     try:
         task, model, _, algo = build(cfg)
-        state = read_checkpoint(path)
         zeroed = restore(model, state["model"], algo.adapted, f"checkpoint {path}")
+        load_algo_state(algo, state, zeroed)
         if zeroed:
             old = state["model"][zeroed[0]].shape[0]
             note = zero_init_note(zeroed, old, task.output_dim)
@@ -114,11 +122,11 @@ def evaluate_run(cfg, out_dir):
         # `metarun mode=eval ... algo.inner_steps=10` should report the accuracy after 10 steps,
         # even when the run evaluated fewer (eval_steps): report 0..max(eval_steps, inner_steps).
         steps = max(cfg.eval_steps, cfg.algo.get("inner_steps", 0))
-        if hasattr(algo, "evaluate"):  # an algorithm with its own evaluation (RL)
-            per_task = algo.evaluate("test", cfg.eval_tasks, steps, cfg.eval_seed, cfg.eval_chunk)
+        if isinstance(algo, SelfEvaluating):  # an algorithm with its own evaluation (RL)
+            per_task = algo.evaluate(split, cfg.eval_tasks, steps, cfg.eval_seed, cfg.eval_chunk)
         else:
-            per_task = evaluate(algo, task, "test", cfg.eval_tasks, steps, cfg.eval_seed, cfg.eval_chunk)
-        summary.update(summarize(per_task, "test"), status="completed")
+            per_task = evaluate(algo, task, split, cfg.eval_tasks, steps, cfg.eval_seed, cfg.eval_chunk)
+        summary.update(summarize(per_task, split), status="completed")
         return summary
     except KeyboardInterrupt:
         summary.update(status="interrupted", error="interrupted by the user")
@@ -131,20 +139,26 @@ def evaluate_run(cfg, out_dir):
         write_summary(out_dir, summary)
 
 
-def load_learner(run_dir, overrides=()):
-    """A `Learner` from a training run dir: its `.hydra/config.yaml` and `checkpoint.pt`.
+def load_learner(run_dir, overrides=(), checkpoint=None, device="cpu"):
+    """A `Learner` from a training run dir: its config and the checkpoint its figures came from.
 
-    `overrides` are dotlist strings applied to the run's config before anything is built, e.g.
-    ``["task.root=/data"]`` when the data set has moved, or ``["algo.inner_steps=10"]``. The task
-    family is rebuilt from the config, so its data (or its cache) must be reachable.
+    By default the learner reproduces the run's own reported test figures: it loads the checkpoint
+    the run meta-tested (`best.pt` under `test_checkpoint=best`, else `checkpoint.pt`; `checkpoint=`
+    picks one) and adapts for as many inner steps as the reported figure took (`eval_steps`, or the
+    run's `test_steps`), with the run's adapt rule. `overrides` are dotlist strings applied to the
+    run's config before anything is built, e.g. ``["task.root=/data"]`` when the data set has moved,
+    or ``["algo.inner_lr=0.1"]``. The task family is rebuilt from the config, so its data (or its
+    cache) must be reachable. `device` (default the CPU) is where the model runs.
     Raises DataError for a missing run dir, config or checkpoint, or a corrupt checkpoint.
     """
     run_dir = Path(run_dir)
-    config = run_dir / ".hydra" / "config.yaml"
     if not run_dir.is_dir():
         raise DataError(f"run dir {run_dir} does not exist")
-    if not config.is_file():
-        raise DataError(f"{run_dir} has no .hydra/config.yaml: not a metarun run dir")
+    # config.yaml is written by every run (also one started from Python); .hydra/ by older CLI runs.
+    config = next((c for c in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml") if c.is_file()), None)
+    if config is None:
+        raise DataError(f"{run_dir} has no config.yaml (nor .hydra/config.yaml): not a metarun run dir")
+    summary = read_summary(run_dir)
     try:
         cfg = OmegaConf.load(config)
         for line in overrides:
@@ -156,17 +170,42 @@ def load_learner(run_dir, overrides=()):
         raise
     except Exception as e:  # unreadable YAML, an unparsable value
         raise DataError(f"cannot read {config} with overrides {list(overrides)}: {str(e).splitlines()[0]}") from None
+    cfg.device = str(device)
     validate(cfg)
+    if checkpoint is None:
+        checkpoint = summary.get("tested_checkpoint") or ("best.pt" if cfg.get("test_checkpoint") == "best" else "checkpoint.pt")
+    if checkpoint not in ("best.pt", "checkpoint.pt"):
+        raise ConfigError("checkpoint", checkpoint, "best.pt or checkpoint.pt")
+    path = run_dir / checkpoint
+    state = read_checkpoint(path)
     # build() seeds torch's global generator; a library call should not change the caller's.
     with torch.random.fork_rng(devices=[]):
         task, model, _, algo = build(cfg)
-    if hasattr(algo, "evaluate") or not hasattr(task, "loss_fn"):
+    if isinstance(algo, SelfEvaluating):
         raise DataError(f"{run_dir} is a {type(algo).__name__} run; load_learner supports supervised runs "
                         "(classification or regression)")
-    path = run_dir / "checkpoint.pt"
-    state = read_checkpoint(path)
     zeroed = restore(model, state["model"], algo.adapted, f"checkpoint {path}")
-    return Learner(cfg, task, model, algo.adapted, algo.inner_lr, algo.inner_l2, cfg.algo.inner_steps, state["model"], zeroed)
+    load_algo_state(algo, state, zeroed)
+    steps = summary.get("test_steps", cfg.eval_steps)
+    return Learner(cfg, task, model, algo.adapted, algo.inner_lr, algo.inner_l2, steps, state["model"], zeroed,
+                   adapt_rule=algo.adapt_rule, checkpoint=path.name)
+
+
+def read_summary(run_dir):
+    """The run's summary.json as a dict ({} when absent or unreadable: older or killed runs)."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def load_algo_state(algo, state, zeroed):
+    """The algorithm's learned state beside the model (e.g. a learned adapt rule), when the checkpoint has it.
+
+    Skipped when the head was zero-initialised for another number of ways: per-parameter state of
+    the old head would not fit the new one."""
+    if "algo" in state and not zeroed:
+        algo.load_state_dict(state["algo"])
 
 
 def _batch_statistics(model):
@@ -182,9 +221,12 @@ class Learner:
     Inputs are tensors ``(n, *task.input_shape)`` or, for image tasks, lists of image paths.
     """
 
-    def __init__(self, cfg, task, model, adapted, inner_lr, inner_l2, inner_steps, trained_state, zero_init=()):
+    def __init__(self, cfg, task, model, adapted, inner_lr, inner_l2, inner_steps, trained_state, zero_init=(),
+                 adapt_rule=None, checkpoint="checkpoint.pt"):
         self.cfg, self.task, self.model = cfg, task, model
         self.adapted, self.inner_lr, self.inner_l2, self.inner_steps = adapted, inner_lr, inner_l2, inner_steps
+        self.adapt_rule = adapt_rule or FixedRule()  # the run's (possibly learned) per-parameter inner rates
+        self.checkpoint = checkpoint  # which of the run's checkpoints was loaded
         self.trained_state = trained_state  # kept to rebuild the model for another number of ways
         self.classes = None  # support labels in output order, after adapt (classification)
         self.zero_init = list(zero_init)  # output-layer tensors zero-initialised for the current number of ways
@@ -200,7 +242,7 @@ class Learner:
         if isinstance(x, (str, Path)):
             raise DataError(f"{name} is a single path; pass a list of image paths")
         if isinstance(x, (list, tuple)) and x and all(isinstance(p, (str, Path)) for p in x):
-            if not hasattr(self.task, "load_images"):
+            if not isinstance(self.task, ReadsImages):
                 raise DataError(f"{name}: the task {type(self.task).__name__} does not read image files; pass a tensor")
             return self.task.load_images(list(x))
         if not isinstance(x, torch.Tensor):
@@ -212,7 +254,11 @@ class Learner:
                             "(image files are resized by passing their paths instead)")
         if not x.is_floating_point():
             raise DataError(f"{name} has dtype {x.dtype}; the model takes floats (images in [0, 1] as in training)")
-        return x.detach().float()
+        return x.detach().float().to(self.device)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
 
     def labels(self, support_y, n):
         """Class indices 0..ways-1 for any hashable labels (sorted when they sort, else in order of appearance)."""
@@ -220,7 +266,7 @@ class Learner:
         if len(values) != n:
             raise DataError(f"support_x has {n} examples but support_y has {len(values)} labels")
         if not self.task.classification:
-            return None, torch.as_tensor(values, dtype=torch.float32).reshape(n, -1)
+            return None, torch.as_tensor(values, dtype=torch.float32, device=self.device).reshape(n, -1)
         try:
             classes = sorted(set(values))
         except TypeError:  # labels of mixed types
@@ -228,14 +274,14 @@ class Learner:
         if len(classes) < 2:
             raise DataError(f"the support set has a single class ({classes[0]!r}); a few-shot task needs at least 2")
         index = {c: i for i, c in enumerate(classes)}
-        return classes, torch.tensor([index[v] for v in values])
+        return classes, torch.tensor([index[v] for v in values], device=self.device)
 
     def set_ways(self, ways):
         """Rebuild the model for `ways` outputs when it differs from the current head (zero-init)."""
         if ways == self.ways:
             return
         with torch.random.fork_rng(devices=[]):
-            model = instantiate(self.cfg.model, input_shape=self.task.input_shape, output_dim=ways)
+            model = instantiate(self.cfg.model, input_shape=self.task.input_shape, output_dim=ways).to(self.device)
         mismatched = restore(model, self.trained_state, self.adapted, f"the support set has {ways} classes; the run's checkpoint")
         self.model, self.zero_init, self.ways = model, mismatched, ways
         if mismatched:
@@ -248,7 +294,7 @@ class Learner:
 
         support_x: tensor (n, *input_shape) or list of n image paths. support_y: n labels of any
         hashable kind (ints, class-folder names); at least 2 classes. steps: inner steps, default
-        the run's `algo.inner_steps` (more steps often help at test time).
+        the number the run's reported test figure used (`eval_steps`, or the run's `test_steps`).
         """
         steps = self.inner_steps if steps is None else steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
@@ -261,7 +307,10 @@ class Learner:
         prepare, predict = task_functions(self.model, params, self.adapted)
         hs = prepare(x)
         fast = {k: params[k] for k in self.adapted}
-        self.fast = adapt(lambda p: self.task.loss_fn(predict(p, hs), y), fast, steps, self.inner_lr, self.inner_l2,
+        # A zero-initialised head (another number of ways) steps at the plain inner lr: a learned
+        # rule's per-parameter rates were learned for the trained head's shape.
+        rates = self.inner_lr if self.zero_init else self.adapt_rule.learning_rates(params, self.inner_lr)
+        self.fast = adapt(lambda p: self.task.loss_fn(predict(p, hs), y), fast, steps, rates, self.inner_l2,
                           first_order=True)
         self.params, self.classes, self.support_x = params, classes, x
         return self
@@ -291,7 +340,8 @@ class Learner:
                 return predict(self.fast, prepare(torch.cat([support, xi[None]])))[-1]
 
             out = vmap(one, chunk_size=chunk)(x)
-        return F.softmax(out, dim=-1) if self.task.classification else out
+        out = F.softmax(out, dim=-1) if self.task.classification else out
+        return out.cpu()  # results for the caller, wherever the model ran
 
     def predict_labels(self, query_x, transductive=False):
         """The most probable support label of each query example (the labels given to `adapt`)."""

@@ -17,13 +17,12 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from metarun import checkpoint, threads
+from metarun.algos import SelfEvaluating
 from metarun.checkpoint import atomic_write
-from metarun.config import ConfigError, DataError, validate
+from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
-
-ORACLE_KEYS = ("inner_grad", "outer_grad", "second_order", "jacobian_vector",
-               "inner_grad_params", "second_order_params", "jacobian_vector_params", "outer_grad_params")
+from metarun.tasks import KnowsOptimum, RLTaskFamily
 
 
 class NonFiniteLoss(RuntimeError):
@@ -34,13 +33,16 @@ def build(cfg):
     """Task family, model, outer optimizer and algorithm for `cfg`, seeded."""
     if isinstance(cfg.get("threads"), int):
         torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.get("device", "cpu"))
     torch.manual_seed(cfg.seed)
-    task = _instantiate(cfg.task)
-    model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim)
+    task = _instantiate(cfg.task, device=device)
+    # The model is initialised on the CPU from the seeded global generator, then moved: a seed
+    # gives the same initial weights on every device.
+    model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim).to(device)
     optimizer = _instantiate(cfg.optim)(model.parameters())
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
     threads.apply(cfg, task, model, algo)  # threads=auto looks at the workload (metarun/threads.py)
-    if hasattr(task, "env") and not hasattr(algo, "evaluate"):
+    if isinstance(task, RLTaskFamily) and not isinstance(algo, SelfEvaluating):
         raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, half_cheetah_dir)")
     return task, model, optimizer, algo
 
@@ -87,6 +89,50 @@ def algo_name(cfg):
     return ALGO_NAMES.get(choice, choice.upper()) if choice else cfg.algo._target_.split(".")[-1]
 
 
+def write_config(run_dir, cfg):
+    """The resolved config in <run dir>/config.yaml: all that loading the run needs, however it was started."""
+    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    atomic_write(Path(run_dir) / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(plain, resolve=True).encode()))
+
+
+def provenance(device):
+    """What produced a run's figures: versions, device and, from a git checkout, the commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("metarun")
+    except PackageNotFoundError:
+        own = None
+    commit = None
+    try:  # a reviewer can check out exactly the code that made the figures; "+dirty" if it had edits
+        import subprocess
+
+        here = Path(__file__).resolve().parent
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            commit = head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"metarun": own, "git_commit": commit, "torch": torch.__version__, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
+def rng_state(generator):
+    state = {"task_rng": generator.get_state(), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(generator, state):
+    generator.set_state(state["task_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+
 def run(cfg, run_dir, group=None, name=None):
     """Meta-train according to `cfg`, writing into `run_dir`. Returns the summary dict."""
     wall_start = time.perf_counter()
@@ -94,21 +140,25 @@ def run(cfg, run_dir, group=None, name=None):
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     task, model, optimizer, algo = build(cfg)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    # Tasks are drawn from a CPU generator whatever the device, so a seed gives the same tasks anywhere.
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
     start, train_time = 0, 0.0
-    oracle = dict.fromkeys(ORACLE_KEYS, 0)
+    oracle = {}  # cumulative oracle calls, by the keys the algorithm reports
     best = None  # where best.pt came from: {"metric", "value", "score", "iteration"}
     if cfg.resume:
         state = checkpoint.load(ckpt_path)
         checkpoint.check_matches(ckpt_path, state, model, fingerprint(cfg))
+        if "algo" not in state:
+            raise DataError(f"checkpoint {ckpt_path} was written by an older metarun (format {state['format']}) without the "
+                            "algorithm's state: it can be evaluated (mode=eval, load_learner) but not resumed exactly")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["task_rng"])
-        torch.set_rng_state(state["torch_rng"])
-        start, train_time, oracle = state["iteration"], state["time"], {**oracle, **state["oracle"]}
+        algo.load_state_dict(state["algo"])
+        set_rng_state(generator, state)
+        start, train_time, oracle = state["iteration"], state["time"], dict(state["oracle"])
         if best_path.is_file():
             best = checkpoint.load(best_path)["best"]
+    write_config(run_dir, cfg)
 
     if cfg.resume:
         print(f"metarun: resuming {run_dir} from iteration {start} of {cfg.iterations}", flush=True)
@@ -118,13 +168,14 @@ def run(cfg, run_dir, group=None, name=None):
     summary = {"status": "running", "iteration": start, "checkpoint_iteration": start if cfg.resume else None,
                "run_dir": str(run_dir), "name": name, "group": group,
                "threads": torch.get_num_threads(), "threads_reason": threads.last["reason"],
-               "started_at": round(time.time(), 3), "checkpoint_every": cfg.checkpoint_every}
+               "started_at": round(time.time(), 3), "checkpoint_every": cfg.checkpoint_every,
+               "provenance": provenance(next(model.parameters()).device)}
     write_summary(run_dir, summary)
     last_checkpoint = time.perf_counter()
 
     def evaluation(split, prefix):
         # An algorithm with its own evaluation (RL: returns from fresh rollouts) provides `evaluate`.
-        per_task = (algo.evaluate if hasattr(algo, "evaluate") else partial(evaluate, algo, task))(
+        per_task = (algo.evaluate if isinstance(algo, SelfEvaluating) else partial(evaluate, algo, task))(
             split, cfg.eval_tasks, cfg.eval_steps, cfg.eval_seed, cfg.eval_chunk)
         return summarize(per_task, prefix)
 
@@ -135,16 +186,15 @@ def run(cfg, run_dir, group=None, name=None):
         key, value, score = selection_metric(metrics)
         if math.isfinite(score) and (best is None or score > best["score"]):
             best = {"metric": key, "value": value, "score": score, "iteration": iteration}
-            checkpoint.save(best_path, {"iteration": iteration, "model": model.state_dict(), "best": best,
-                                        "config": fingerprint(cfg)})
+            checkpoint.save(best_path, {"iteration": iteration, "model": model.state_dict(), "algo": algo.state_dict(),
+                                        "best": best, "config": fingerprint(cfg)})
         return metrics
 
     def save(iteration):
         nonlocal last_checkpoint
         checkpoint.save(ckpt_path, {
             "iteration": iteration, "time": train_time, "oracle": oracle,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "task_rng": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "model": model.state_dict(), "algo": algo.state_dict(), **rng_state(generator),
             "config": fingerprint(cfg),
         })
         # The summary says where the run stands even after a kill: the checkpointed iteration, and
@@ -157,7 +207,7 @@ def run(cfg, run_dir, group=None, name=None):
     def record(iteration, metrics):
         row = {"iteration": iteration, "time": round(train_time, 4), **metrics}
         row.update({f"oracle/{k}": v for k, v in oracle.items()})
-        if hasattr(task, "metrics"):
+        if isinstance(task, KnowsOptimum):
             row.update({f"train/{k}": v for k, v in task.metrics(model).items()})
         loggers.log(row)
 
@@ -181,7 +231,7 @@ def run(cfg, run_dir, group=None, name=None):
                 kept = f"the last good checkpoint ({ckpt_path}, iteration {last_good}) is kept" if last_good is not None else "no checkpoint was written yet"
                 raise NonFiniteLoss(f"training stopped at iteration {it}: non-finite {bad}; lower optim.lr or algo.inner_lr; {kept}")
             for k, v in algo.oracle_calls(cfg.meta_batch_size).items():
-                oracle[k] += v
+                oracle[k] = oracle.get(k, 0) + v
             row = {f"train/{k}": v for k, v in metrics.items()}
             if it % cfg.eval_every == 0 or it == cfg.iterations:
                 row.update(validation(it))
@@ -196,13 +246,16 @@ def run(cfg, run_dir, group=None, name=None):
                              if k in ("train/loss", "train/accuracy", "train/return", "eval/loss", "eval/accuracy", "eval/return")},
                             refresh=False)
         bar.close()
-        tested = cfg.iterations
+        tested, tested_file = cfg.iterations, ckpt_path.name
         if cfg.test_checkpoint == "best" and best is not None:
-            model.load_state_dict(checkpoint.load(best_path)["model"])
-            tested = best["iteration"]
+            state = checkpoint.load(best_path)
+            model.load_state_dict(state["model"])
+            algo.load_state_dict(state["algo"])
+            tested, tested_file = best["iteration"], best_path.name
             print(f"metarun: testing best.pt (iteration {tested}, {best['metric']} {best['value']:.4g})", flush=True)
         final = evaluation("test", "test")
-        summary.update(final, status="completed", iteration=cfg.iterations, tested_iteration=tested, time=train_time,
+        summary.update(final, status="completed", iteration=cfg.iterations, tested_iteration=tested,
+                       tested_checkpoint=tested_file, test_steps=cfg.eval_steps, time=train_time,
                        wall_time=time.perf_counter() - wall_start,  # this process's, evaluations included
                        threads=torch.get_num_threads(),  # what the times above were measured with
                        **{f"oracle/{k}": v for k, v in oracle.items()})

@@ -1,6 +1,6 @@
 """Seconds per meta-iteration of metarun's algorithms against two references (issue 2).
 
-    python scripts/bench_step.py [--repeats 7] [--threads 2] [--only sinusoid|conv4]
+    python scripts/bench_step.py [--repeats 7] [--threads 2] [--only sinusoid|conv4] [--device cpu|cuda]
 
 For each setting it times `algo.step(batch)` of metarun's own classes (MAML/FOMAML/ANIL with
 the Adam outer optimizer of conf/optim/adam.yaml, Reptile) and, beside it,
@@ -12,7 +12,8 @@ the Adam outer optimizer of conf/optim/adam.yaml, Reptile) and, beside it,
 Times are medians over `--repeats` runs after a warm-up, all in this one process, on one fixed
 batch (task sampling is not timed); a sinusoid run is a block of 20 steps. It also checks that metarun's MAML meta-gradient equals the
 per-task loop's (in float64 on 4 tasks, where both must agree to rounding), so that the
-comparison is between two computations of the same thing.
+comparison is between two computations of the same thing. `--device cuda` runs the same comparison
+on a GPU (the clock then waits for the device to finish, torch.cuda.synchronize, before every reading).
 """
 import argparse
 import copy
@@ -167,7 +168,7 @@ def median_seconds(fns, repeats, block, clock):
 
 def meta_gradient_diff(make_model, task, batch, adapted, steps, lr):
     """Max |grad metarun - grad per-task loop| of the second-order MAML meta-gradient, in float64."""
-    model = make_model().double()
+    model = make_model().double()  # on the batch's device (make_model moves it)
     batch = [t.double() if t.is_floating_point() else t for t in batch]
     algo = MAML(model, None, task, adapted, steps, lr)
     algo.meta_loss(batch)["loss"].backward()
@@ -198,16 +199,16 @@ SETTINGS = {
 }
 
 
-def bench_setting(name, repeats, clock):
+def bench_setting(name, repeats, clock, device="cpu"):
     task_cls, make, meta_batch, algos, block = SETTINGS[name]
     targets = {algo for setting, algo, ref, _, _ in TARGETS.values() if setting == name and ref == "plain"}
     task = task_cls()
-    batch = task.sample(meta_batch, torch.Generator().manual_seed(0), "train")
+    batch = [t.to(device) for t in task.sample(meta_batch, torch.Generator().manual_seed(0), "train")]
     print(f"\n== {name}: meta-batch {meta_batch}, support {tuple(batch[0].shape[1:])}, query {tuple(batch[2].shape[1:])}")
 
     def fresh():
         torch.manual_seed(0)
-        model = make(task)
+        model = make(task).to(device)
         return model, instantiate(ADAM)(model.parameters())
 
     check = [t[:4] for t in batch]
@@ -221,7 +222,7 @@ def bench_setting(name, repeats, clock):
     for label, (kind, adapt, steps, lr) in algos.items():
         model, opt = fresh()
         if kind == "reptile":
-            algo = Reptile(model, opt, task, adapt, steps, lr, epsilon=0.1)
+            algo = Reptile(model, opt, task, adapt, steps, lr, epsilon=0.1, inner_data="support", schedule="constant")  # the loop's variant
             ref = lambda: loop_reptile_step(model, task.loss_fn, batch, steps, lr, 0.1)  # noqa: E731
         else:
             first_order = kind == "fomaml"
@@ -246,6 +247,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats after one warm-up (sinusoid: blocks of 20 steps)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--only", choices=list(SETTINGS), default=None)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:k]: where models and batches live")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time, steadier than wall time when other jobs share the cores")
     args = parser.parse_args()
@@ -254,7 +256,15 @@ def main():
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    results = {name: bench_setting(name, args.repeats, clock) for name in ([args.only] if args.only else SETTINGS)}
+    if torch.device(args.device).type == "cuda":
+        if args.clock == "cpu":
+            parser.error("--clock cpu measures this process's CPU time, not the GPU's: use --clock wall with --device cuda")
+        print(f"device {torch.cuda.get_device_name(args.device)}")
+
+        def clock():  # kernels run asynchronously: wait for them before reading the time
+            torch.cuda.synchronize(args.device)
+            return time.perf_counter()
+    results = {name: bench_setting(name, args.repeats, clock, args.device) for name in ([args.only] if args.only else SETTINGS)}
     print("\n== targets")
     for text, (setting, algo, ref, bound, kind) in TARGETS.items():
         if setting not in results:

@@ -50,14 +50,23 @@ BUSY = ("import os, time\nparent, end = os.getppid(), time.time() + 3600\n"
 
 
 class Busy:
-    """`n` busy-loop processes for the duration of a `with` block."""
+    """`n` busy-loop processes for the duration of a `with` block.
+
+    Before it, wait (up to `wait` seconds) until the machine is quiet: other people's jobs that do
+    not go through cpujob would otherwise make a "quiet" figure a loaded one. `idle_before` records
+    the cores idle just before, printed beside every figure.
+    """
+
+    wait = 300.0
 
     def __init__(self, n):
         self.n, self.procs = n, []
 
     def __enter__(self):
-        # The cores idle before the busy processes start: a "quiet" figure is only one when this is ~all of them.
-        self.idle_before = threads.idle_cores(0.5)
+        deadline = time.time() + self.wait
+        while (idle := threads.idle_cores(1.0)) < threads.cpus() - 0.2 and time.time() < deadline:
+            pass
+        self.idle_before = idle
         self.procs = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(self.n)]
         time.sleep(0.5 if self.n else 0)  # let them get going
         return self
@@ -168,7 +177,10 @@ def main():
     parser.add_argument("--iterations", type=int, default=2000, help="iterations of the timed default runs (default 2000)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--budget", type=float, default=2.0, help="seconds of steps per step timing")
+    parser.add_argument("--wait-quiet", type=float, default=300.0,
+                        help="seconds to wait for an idle machine before each block (default 300)")
     args = parser.parse_args()
+    Busy.wait = args.wait_quiet
     load = os.getloadavg()
     print(f"load average at the start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if args.part in ("steps", "both"):

@@ -71,14 +71,22 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(["metarun", *args, "hydra.run.dir=killed"], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    log = tmp_path / "killed" / "metrics.jsonl"
+
+    def logged_past_checkpoint():
+        # Kill once the log holds lines past the first checkpoint (iteration 50): the resumed run
+        # must discard them. Waits on the files, not on a timer.
+        if not (tmp_path / "killed" / "checkpoint.pt").exists() or not log.exists():
+            return False
+        rows = [line for line in log.read_text().splitlines() if line.endswith("}")]
+        return bool(rows) and json.loads(rows[-1])["iteration"] > 50
+
     deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it run on past the checkpoint, so the log holds lines to discard
+    while not logged_past_checkpoint() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists()
+    assert (tmp_path / "killed" / "checkpoint.pt").exists()
     killed_rows = metrics(tmp_path / "killed")
     assert killed_rows[-1]["iteration"] < 300, "the run finished before it was killed"
 

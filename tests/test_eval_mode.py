@@ -133,10 +133,11 @@ def test_missing_or_corrupt_checkpoint_and_other_model_are_data_errors(tiny_run,
     (copy / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="corrupt"):
         evaluate_run(cfg, tmp_path / "o2")
-    assert json.loads((tmp_path / "o2" / "summary.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "o2").exists()  # refused before anything was written
     (copy / "checkpoint.pt").unlink()
     with pytest.raises(DataError, match="no checkpoint at"):
         evaluate_run(cfg, tmp_path / "o3")
+    assert not (tmp_path / "o3").exists()
     with pytest.raises(ConfigError, match="evaluation never writes over"):
         evaluate_run(cfg, copy)
     cfg.run_dir = str(tmp_path / "nowhere")

@@ -122,7 +122,7 @@ def test_vmapped_batch_equals_per_task_clone_loop(patterns):
     vmapped = {k: p.grad.clone() for k, p in model.named_parameters()}
     # The same per-task function without vmap, one task at a time.
     params = dict(model.named_parameters())
-    per_task = [algo.task_loss(params, *(t[i] for t in batch))["loss"] for i in range(3)]
+    per_task = [algo.task_loss(params, algo.inner_lr, *(t[i] for t in batch))["loss"] for i in range(3)]
     torch.testing.assert_close(metrics["loss"], torch.stack(per_task).mean(), rtol=1e-5, atol=1e-6)
     reference = clone_loop_meta_gradient(model, batch, algo.adapted, 2, 0.3)
     for k in vmapped:
@@ -144,9 +144,12 @@ def test_anil_adapts_only_the_head_and_runs_the_body_once():
     assert set(fast) == {"head.weight", "head.bias"}
     assert len(calls) == 1  # five inner steps, one body pass
     assert not torch.equal(fast["head.weight"], params["head.weight"])
-    # Equal to adapting the whole model with the body frozen.
-    _, full_predict = task_functions(model, params, adapted + [])
-    torch.testing.assert_close(predict(fast, features), model.head(features) * 0 + full_predict(fast, features))
+    # The head-only path on precomputed features equals the whole model run on the raw input with the
+    # adapted head in place (the path MAML takes when some body parameter adapts).
+    whole = torch.func.functional_call(model, {**params, **fast}, (sx,))
+    torch.testing.assert_close(predict(fast, features), whole)
+    _, whole_model_predict = task_functions(model, params, adapted + ["body.0.0.weight"])
+    torch.testing.assert_close(whole_model_predict({**fast, "body.0.0.weight": params["body.0.0.weight"]}, sx), whole)
     manual = {k: params[k].detach().clone().requires_grad_() for k in adapted}
     for _ in range(5):
         loss = F.cross_entropy(torch.func.functional_call(model, {**params, **manual}, (sx,)), sy)
@@ -222,3 +225,61 @@ def test_chunked_vmap_gives_the_same_meta_gradient():
         grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     for k in grads[0]:
         torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-4, atol=1e-5)
+
+
+def _toy_problem(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    params = {"a": torch.randn(3, 2, generator=g, dtype=torch.float64), "b": torch.randn(2, generator=g, dtype=torch.float64)}
+    x, y = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 2, generator=g, dtype=torch.float64)
+
+    def loss(p):
+        return ((x @ p["a"] + p["b"] - y) ** 2).mean() * 40  # large gradients, so clipping bites
+
+    return params, loss
+
+
+def test_functional_adam_steps_equal_torch_optim_adam_from_the_same_state():
+    from metarun.inner_loop import Adam
+
+    params, loss = _toy_problem()
+    real = {k: v.clone().requires_grad_() for k, v in params.items()}
+    opt = torch.optim.Adam(real.values(), lr=0.05, betas=(0.8, 0.95), eps=1e-6)
+    for _ in range(3):  # build up a non-trivial optimizer state first
+        opt.zero_grad()
+        loss(real).backward()
+        opt.step()
+    state = {k: opt.state[p] for k, p in real.items()}
+    start = {k: v.detach().clone() for k, v in real.items()}
+    ours = adapt(loss, start, 2, 0.05, rule=Adam(betas=(0.8, 0.95), eps=1e-6, state=state))
+    for _ in range(2):
+        opt.zero_grad()
+        loss(real).backward()
+        opt.step()
+    for k in params:
+        torch.testing.assert_close(ours[k], real[k].detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_global_norm_clip_equals_clip_grad_norm_then_sgd_and_is_differentiable():
+    params, loss = _toy_problem(1)
+    real = {k: v.clone().requires_grad_() for k, v in params.items()}
+    loss(real).backward()
+    torch.nn.utils.clip_grad_norm_(real.values(), 0.5)
+    expected = {k: v.detach() - 0.1 * v.grad for k, v in real.items()}
+    ours = adapt(loss, params, 1, 0.1, max_grad_norm=0.5)
+    for k in params:
+        torch.testing.assert_close(ours[k], expected[k], rtol=1e-12, atol=1e-14)
+    # The clipped step stays differentiable in the starting point (second order through the clip).
+    assert torch.autograd.gradcheck(lambda a: adapt(loss, {"a": a, "b": params["b"]}, 1, 0.1, max_grad_norm=0.5)["a"].sum(),
+                                    (params["a"].clone().requires_grad_(),))
+
+
+def test_per_parameter_learning_rates_scale_each_entry_and_carry_their_gradient():
+    params, loss = _toy_problem(2)
+    rates = {"a": torch.full((3, 2), 0.1, dtype=torch.float64, requires_grad=True), "b": torch.zeros(2, dtype=torch.float64)}
+    g = torch.func.grad(loss)(params)
+    fast = adapt(loss, params, 1, rates)
+    torch.testing.assert_close(fast["a"], params["a"] - 0.1 * g["a"])
+    torch.testing.assert_close(fast["b"], params["b"])  # rate 0: frozen
+    # d fast_a / d rate_a = -g_a, entry by entry.
+    rate_grad, = torch.autograd.grad(fast["a"].sum(), rates["a"])
+    torch.testing.assert_close(rate_grad, -g["a"])

@@ -149,8 +149,8 @@ def test_load_learner_errors(tiny_run, tmp_path):  # noqa: F811
 
 
 def test_load_learner_overrides_and_predict_before_adapt(tiny_run):  # noqa: F811
-    fresh = load_learner(tiny_run["run_dir"], ["algo.inner_steps=7", "algo.adapt=[body.*]"])
-    assert fresh.inner_steps == 7 and not any(name.startswith("head.") for name in fresh.adapted)
+    fresh = load_learner(tiny_run["run_dir"], ["algo.inner_lr=0.7", "algo.adapt=[body.*]"])
+    assert fresh.inner_lr == 0.7 and not any(name.startswith("head.") for name in fresh.adapted)
     with pytest.raises(DataError, match="call adapt"):
         fresh.predict(torch.rand(2, 1, 28, 28))
     # A head that does not adapt cannot be zero-initialised for another number of classes.
@@ -232,9 +232,8 @@ def test_regression_run_adapts_and_predicts_outputs(tmp_path):
         cfg = compose("config", overrides=["iterations=5", "eval_tasks=2", "eval_steps=1", "progress=false", "algo.inner_lr=0.05"])
     GlobalHydra.instance().clear()
     run_dir = tmp_path / "sinusoid"
-    run(cfg, run_dir)
-    (run_dir / ".hydra").mkdir()
-    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # what Hydra writes for a `metarun` run
+    run(cfg, run_dir)  # from Python: no Hydra, no .hydra/ folder; the run writes config.yaml itself
+    assert not (run_dir / ".hydra").exists()
     learner = load_learner(run_dir)
     sx, sy, qx, qy = (t[0] for t in learner.task.sample(1, torch.Generator().manual_seed(0), "test"))
     params = {k: v.detach() for k, v in learner.model.named_parameters()}
@@ -254,3 +253,51 @@ def test_load_learner_is_exported_from_the_package():
     import metarun
 
     assert metarun.load_learner is load_learner
+
+
+def test_default_learner_reproduces_the_runs_reported_test_figures(tiny_run):  # noqa: F811
+    """Held-out queries of the run's own test tasks: the learner's defaults (checkpoint and number of
+    steps) with the evaluation protocol (transductive) give exactly the reported test accuracy."""
+    import json
+
+    from metarun.evaluate import task_set
+
+    run_dir = tiny_run["run_dir"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    learner = load_learner(run_dir)
+    assert learner.checkpoint == summary["tested_checkpoint"] and learner.inner_steps == summary["test_steps"] == 2
+    cfg = learner.cfg
+    accuracies, default_accuracies = [], []
+    for sx, sy, qx, qy in task_set(learner.task, "test", cfg.eval_tasks, cfg.eval_seed, cfg.eval_chunk):
+        for i in range(len(sx)):
+            learner.adapt(sx[i], sy[i])  # default steps
+            accuracies.append((learner.predict(qx[i], transductive=True).argmax(-1) == qy[i]).float().mean().item())
+            default_accuracies.append((learner.predict(qx[i]).argmax(-1) == qy[i]).float().mean().item())
+    assert len(accuracies) == cfg.eval_tasks
+    assert sum(accuracies) / len(accuracies) == pytest.approx(summary["test/accuracy"], abs=1e-6)
+    # The default (non-transductive) prediction normalises each query image with the support set:
+    # on held-out queries it must be a working classifier, far above chance (1/5), not a copy of the
+    # transductive figure. (The tiny run reaches ~0.7-0.8; chance is 0.2.)
+    default = sum(default_accuracies) / len(default_accuracies)
+    assert default > 0.2 + 0.5 * (summary["test/accuracy"] - 0.2), (default, summary["test/accuracy"])
+
+
+def test_load_learner_takes_best_pt_when_the_run_tested_it(tiny_run, tmp_path):  # noqa: F811
+    import json
+
+    from metarun.checkpoint import load
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run["run_dir"], copy, ignore=shutil.ignore_patterns("eval"))
+    summary = json.loads((copy / "summary.json").read_text())
+    best = load(copy / "best.pt")
+    # Make best.pt differ from the last checkpoint, and say the run tested it.
+    best["model"] = {k: v + 0.01 for k, v in best["model"].items()}
+    torch.save(best, copy / "best.pt")
+    (copy / "summary.json").write_text(json.dumps({**summary, "tested_checkpoint": "best.pt"}))
+    learner = load_learner(copy)
+    assert learner.checkpoint == "best.pt"
+    assert all(torch.equal(v, best["model"][k]) for k, v in learner.model.state_dict().items())
+    assert load_learner(copy, checkpoint="checkpoint.pt").checkpoint == "checkpoint.pt"
+    with pytest.raises(ConfigError, match="best.pt or checkpoint.pt"):
+        load_learner(copy, checkpoint="other.pt")

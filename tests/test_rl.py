@@ -10,8 +10,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from torch.func import functional_call
 
-from metarun.algos.maml_rl import (MAMLRL, baseline_features, conjugate_gradient, discounted_returns,
-                                   fit_linear_baseline, gaussian_kl, line_search)
+from metarun.algos.maml_rl import MAMLRL, baseline_features, conjugate_gradient, fit_linear_baseline, gaussian_kl, line_search
 from metarun.config import ConfigError
 from metarun.models.gaussian_mlp import GaussianMLP
 from metarun.tasks.navigation2d import BatchedNavigation2D, Navigation2D, Navigation2DEnv
@@ -102,16 +101,6 @@ def test_gymnasium_single_env():
 
 
 # ---- baseline and returns -------------------------------------------------------------------------
-
-def test_discounted_returns_match_a_loop():
-    rewards = torch.randn(2, 3, 7)
-    expected = torch.zeros_like(rewards)
-    running = torch.zeros(2, 3)
-    for t in reversed(range(7)):
-        running = rewards[..., t] + 0.9 * running
-        expected[..., t] = running
-    assert torch.allclose(discounted_returns(rewards, 0.9), expected, atol=1e-5)
-
 
 def test_linear_baseline_is_ridge_least_squares_on_rllab_features():
     g = torch.Generator().manual_seed(0)
@@ -293,6 +282,29 @@ def test_trpo_step_respects_the_kl_bound():
     calls = algo.oracle_calls(3)
     assert calls["outer_grad"] == 3 and calls["inner_grad"] == 3 * (2 + algo.last["trials"])
     assert calls["second_order"] == 3 * algo.last["fvp"] + 1 * (3 + 2 * 3 * algo.last["fvp"])
+
+
+@pytest.mark.parametrize("fisher_subsample, adapt", [(1.0, ["*"]), (0.5, ["*"]), (0.5, ["head.*"])])
+def test_oracle_counts_equal_the_inner_gradients_actually_taken(fisher_subsample, adapt):
+    # Count every inner REINFORCE gradient (one per task per adapt_on call) during one TRPO step.
+    algo = make_algo(task_options={"horizon": 8}, inner_steps=2, fisher_subsample=fisher_subsample, adapt=adapt)
+    taken = []
+    original = algo.adapt_on
+
+    def counting(params, fast, fast_dim, data, lr):
+        taken.append(data["obs"].shape[0])
+        return original(params, fast, fast_dim, data, lr)
+
+    algo.adapt_on = counting
+    algo.step(algo.task.sample(4, torch.Generator().manual_seed(1)))
+    calls = algo.oracle_calls(4)
+    assert calls["inner_grad"] == sum(taken)
+    fvp = algo.last["fvp"]
+    fisher_tasks = 2 if fisher_subsample < 1 else 4
+    inner_hvp = 2 * (4 + 2 * fisher_tasks * fvp)
+    assert calls["second_order"] == fisher_tasks * fvp + inner_hvp
+    # ANIL-RL (frozen body): every inner Hessian-vector product needs a mixed product into the body too.
+    assert calls["jacobian_vector"] == (inner_hvp if adapt == ["head.*"] else 0)
 
 
 def test_evaluate_returns_per_task_returns_after_each_step_and_is_deterministic():

@@ -6,32 +6,38 @@
         theta <- outer_optimizer(theta, grad_theta  mean_i L_query(phi_i))
 
 ANIL adapts only `head.*`; the body then runs once per task. `first_order=true` detaches the
-inner gradients (FOMAML).
+inner gradients (FOMAML). `adapt_rule` sets the per-parameter inner learning rates: `fixed`
+(algo.inner_lr everywhere) or a rule the outer loop learns (metarun.inner_loop.make_adapt_rule).
 """
 import torch
 from torch.func import vmap
 
-from metarun.inner_loop import accuracy, adapt, adapted_names, task_functions
+from metarun.inner_loop import accuracy, adapt, adapted_names, make_adapt_rule, task_functions
 
 
 class MAML:
-    def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, inner_l2=0.0, first_order=False, vmap_chunk=None, compile=False):
+    def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, inner_l2=0.0, first_order=False, vmap_chunk=None,
+                 compile=False, adapt_rule="fixed"):
         self.model, self.optimizer, self.task, self.vmap_chunk = model, optimizer, task, vmap_chunk
         self.adapted = adapted_names(model, adapt)
         self.inner_steps, self.inner_lr, self.inner_l2, self.first_order = inner_steps, inner_lr, inner_l2, first_order
+        self.adapt_rule = make_adapt_rule(adapt_rule, model, self.adapted, inner_lr, first_order)
+        rule_params = list(self.adapt_rule.parameters())
+        if rule_params:  # learned rates or masks: meta-trained by the same outer optimizer
+            optimizer.add_param_group({"params": rule_params})
         if compile:
             # torch.compile removes most per-op overhead of vmap(grad) on small models; it pays
             # for itself only in long runs (about a minute of compilation on 2 CPU cores).
             self.meta_loss = torch.compile(self.meta_loss)
 
-    def task_loss(self, params, support_x, support_y, query_x, query_y):
+    def task_loss(self, params, inner_lr, support_x, support_y, query_x, query_y):
         """Post-adaptation query loss of one task, plus pre-adaptation loss and accuracy for logging."""
         prepare, predict = task_functions(self.model, params, self.adapted)
         hs, hq = prepare(support_x), prepare(query_x)
         fast = {k: params[k] for k in self.adapted}
         loss_fn = self.task.loss_fn
         pre_loss = loss_fn(predict(fast, hs), support_y).detach()
-        fast = adapt(lambda p: loss_fn(predict(p, hs), support_y), fast, self.inner_steps, self.inner_lr, self.inner_l2, self.first_order)
+        fast = adapt(lambda p: loss_fn(predict(p, hs), support_y), fast, self.inner_steps, inner_lr, self.inner_l2, self.first_order)
         out = predict(fast, hq)
         metrics = {"loss": loss_fn(out, query_y), "support_loss": pre_loss}
         if self.task.classification:
@@ -40,7 +46,9 @@ class MAML:
 
     def meta_loss(self, batch):
         params = dict(self.model.named_parameters())
-        per_task = vmap(self.task_loss, in_dims=(None, 0, 0, 0, 0), randomness="same", chunk_size=self.vmap_chunk)(params, *batch)
+        inner_lr = self.adapt_rule.learning_rates(params, self.inner_lr)
+        per_task = vmap(self.task_loss, in_dims=(None, None, 0, 0, 0, 0), randomness="same",
+                        chunk_size=self.vmap_chunk)(params, inner_lr, *batch)
         return {k: v.mean() for k, v in per_task.items()}
 
     def step(self, batch):
@@ -48,7 +56,16 @@ class MAML:
         metrics = self.meta_loss(batch)
         metrics["loss"].backward()
         self.optimizer.step()
-        return {k: v.item() for k, v in metrics.items()}
+        names = list(metrics)
+        values = torch.stack([metrics[k].detach() for k in names]).tolist()  # one device sync per step
+        return {**dict(zip(names, values)), **self.adapt_rule.density(dict(self.model.named_parameters()))}
+
+    def state_dict(self):
+        return {"optimizer": self.optimizer.state_dict(), "adapt_rule": self.adapt_rule.state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.adapt_rule.load_state_dict(state["adapt_rule"])
 
     def oracle_calls(self, meta_batch_size):
         # Per task (Ji et al., 2020): N inner gradients, one outer gradient and, when second

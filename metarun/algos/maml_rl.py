@@ -23,7 +23,9 @@ import torch
 from torch.func import vmap
 
 from metarun.config import ConfigError
+from metarun.evaluate import split_seed
 from metarun.inner_loop import adapt, adapted_names, task_functions
+from metarun.rl.returns import discounted_returns
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -44,19 +46,10 @@ def masked_mean(x, mask, dims):
     return (x * mask).sum(dims) / mask.sum(dims).clamp_min(1)
 
 
-def discounted_returns(rewards, discount):
-    """R_t = sum_{t' >= t} discount^(t'-t) r_t' along the last dim (one matrix product)."""
-    h = rewards.shape[-1]
-    t = torch.arange(h, dtype=rewards.dtype)
-    power = t[:, None] - t[None, :]  # [t', t] = t' - t
-    weights = torch.where(power >= 0, discount ** power.clamp_min(0), torch.zeros(()))
-    return rewards @ weights
-
-
 def baseline_features(obs):
     """rllab's LinearFeatureBaseline features: obs, obs^2, t/100, (t/100)^2, (t/100)^3, 1."""
     obs = obs.clamp(-10, 10)
-    t = (torch.arange(obs.shape[-2], dtype=obs.dtype) / 100.0).expand(*obs.shape[:-1])[..., None]
+    t = (torch.arange(obs.shape[-2], dtype=obs.dtype, device=obs.device) / 100.0).expand(*obs.shape[:-1])[..., None]
     return torch.cat([obs, obs.pow(2), t, t.pow(2), t.pow(3), torch.ones_like(t)], -1)
 
 
@@ -69,7 +62,7 @@ def fit_linear_baseline(features, returns, mask, reg=1e-5):
     t, f = features.shape[0], features.shape[-1]
     x = (features * mask[..., None]).reshape(t, -1, f).double()
     y = (returns * mask).reshape(t, -1, 1).double()
-    gram = x.transpose(1, 2) @ x + reg * torch.eye(f, dtype=torch.float64)
+    gram = x.transpose(1, 2) @ x + reg * torch.eye(f, dtype=torch.float64, device=x.device)
     return torch.linalg.solve(gram, x.transpose(1, 2) @ y)[..., 0].to(features.dtype)
 
 
@@ -142,7 +135,7 @@ class MAMLRL:
             if not ok:
                 raise ConfigError(key, value, allowed)
         with torch.no_grad():
-            out = model(torch.zeros(1, *task.input_shape))
+            out = model(torch.zeros(1, *task.input_shape, device=next(model.parameters()).device))
         if not (isinstance(out, tuple) and len(out) == 2):
             raise ConfigError("model", type(model).__name__, "a Gaussian policy returning (mean, log_std), such as gaussian_mlp")
         self.model, self.optimizer, self.task = model, optimizer, task
@@ -188,12 +181,14 @@ class MAMLRL:
         fast = {k: v.detach() for k, v in fast.items()}
         env = self.task.env(goals[:, None].expand(-1, n, -1))
         obs = env.reset(generator)
-        alive = torch.ones(obs.shape[:-1])
+        alive = torch.ones(obs.shape[:-1], device=obs.device)
         policy = self.policies(fast_dim)
         steps = []
         for _ in range(horizon):
             mean, log_std = policy(params, fast, obs)
-            action = mean + log_std.exp() * torch.randn(mean.shape, generator=generator)
+            # Noise from the CPU generator (a seed gives the same trajectories on every device), then moved.
+            noise = torch.randn(mean.shape, generator=generator, device="cpu").to(mean.device)
+            action = mean + log_std.exp() * noise
             next_obs, reward, terminated = env.step(action)
             steps.append((obs, action, reward * alive, alive))
             alive = alive * ~terminated
@@ -298,7 +293,7 @@ class MAMLRL:
         theta = {k: v.detach() for k, v in params.items()}
         t = post["mask"].shape[0]
         if self.fisher_subsample < 1 or pullback is None:
-            keep = torch.randperm(t)[:max(1, round(self.fisher_subsample * t))]
+            keep = torch.randperm(t, device="cpu")[:max(1, round(self.fisher_subsample * t))].to(post["mask"].device)
             inner = [{k: v[keep] for k, v in d.items()} for d in inner]
             post = {k: v[keep] for k, v in post.items()}
             old = tuple(o[keep] for o in old)
@@ -351,24 +346,23 @@ class MAMLRL:
 
         Step 1 uses inner_lr, later steps inner_lr * eval_lr_decay (0.1 then 0.05 in the paper);
         every step samples `eval_trajectories` fresh trajectories per goal. Goals and action noise
-        come from a generator seeded with `seed` (test) or `seed + 1` (val), so every run is evaluated
-        on the same goals with the same noise, and validation during training never sees the test goals.
+        come from a generator seeded by `split_seed` (`seed` for test, `seed + 1` for val), so every
+        run is evaluated on the same goals with the same noise, and validation during training never
+        sees the test goals. All goals roll out as one batch (a rollout's memory is small), so the
+        figures cannot depend on `chunk`, which RL evaluation does not use.
         """
-        generator = torch.Generator().manual_seed(seed if split == "test" else seed + 1)
+        generator = torch.Generator(device="cpu").manual_seed(split_seed(seed, split))
         params = {k: v.detach() for k, v in self.model.named_parameters()}
         goals = self.task.sample(num_tasks, generator, split)
-        results = []
-        for start in range(0, num_tasks, chunk):
-            fast, dim = {k: params[k] for k in self.adapted}, None
-            returns = []
-            for k in range(steps + 1):
-                data = self.rollout(params, fast, dim, goals[start:start + chunk], generator, self.eval_trajectories)
-                returns.append(self.episode_return(data))
-                if k < steps:
-                    lr = self.inner_lr if k == 0 else self.inner_lr * self.eval_lr_decay
-                    fast, dim = self.adapt_on(params, fast, dim, data, lr)
-            results.append(torch.stack(returns))
-        return {"return": torch.cat(results, 1)}
+        fast, dim = {k: params[k] for k in self.adapted}, None
+        returns = []
+        for k in range(steps + 1):
+            data = self.rollout(params, fast, dim, goals, generator, self.eval_trajectories)
+            returns.append(self.episode_return(data))
+            if k < steps:
+                lr = self.inner_lr if k == 0 else self.inner_lr * self.eval_lr_decay
+                fast, dim = self.adapt_on(params, fast, dim, data, lr)
+        return {"return": torch.stack(returns)}
 
     def oracle_calls(self, meta_batch_size):
         # Per meta-iteration with T tasks and K inner steps (line-search trials and Fisher-vector
@@ -380,14 +374,33 @@ class MAMLRL:
         #                KL), and, unless first_order, one inner Hessian-vector product per inner step
         #                for each pass through the adaptation's derivative: the outer gradient and,
         #                per FVP, J v and J^T (J v).
+        #   inner_grad   also K per subsampled task when fisher_subsample < 1: the FVPs re-run the
+        #                adaptation on their subset to record its vjp.
+        #   jacobian_vector  when some parameters do not adapt (ANIL-RL), each of those inner
+        #                Hessian-vector products also needs a mixed product d^2 L / d(frozen) d(adapted) . v,
+        #                as in supervised ANIL; `_params` charges one pass through the frozen part per
+        #                task per pass through the adaptation.
         t, k = meta_batch_size, self.inner_steps
         fvp, trials = self.last["fvp"], self.last["trials"]
         fisher_tasks = max(1, round(self.fisher_subsample * t)) if self.outer == "trpo" else 0
-        inner = k * t * (2 + trials)
+        refit = fisher_tasks if self.outer == "trpo" and self.fisher_subsample < 1 else 0
+        inner = k * (t * (2 + trials) + refit)
         outer = t
-        second = fisher_tasks * fvp + (0 if self.first_order else k * (t + 2 * fisher_tasks * fvp))
+        passes = t + 2 * fisher_tasks * fvp  # task-passes back through the adaptation's derivative
+        inner_hvp = 0 if self.first_order else k * passes
+        second = fisher_tasks * fvp + inner_hvp
         dim = sum(p.numel() for name, p in self.model.named_parameters() if name in self.adapted)
         total = sum(p.numel() for p in self.model.parameters())
-        return {"inner_grad": inner, "outer_grad": outer, "second_order": second,
+        mixed = inner_hvp if total > dim and k else 0
+        return {"inner_grad": inner, "outer_grad": outer, "second_order": second, "jacobian_vector": mixed,
                 "inner_grad_params": inner * dim, "second_order_params": second * dim,
-                "outer_grad_params": outer * total}
+                "jacobian_vector_params": passes * (total - dim) if mixed else 0, "outer_grad_params": outer * total}
+
+    def state_dict(self):
+        # TRPO keeps no state between steps; the Adam outer step does.
+        return {"optimizer": self.optimizer.state_dict() if self.optimizer else None, "last": dict(self.last)}
+
+    def load_state_dict(self, state):
+        if self.optimizer:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.last = dict(state["last"])

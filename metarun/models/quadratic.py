@@ -45,4 +45,4 @@ class QuadraticParams(nn.Module):
 
     def vector(self):
         """z = (w, u) as one flat tensor."""
-        return self.forward(torch.zeros(1, 1))[0].detach()
+        return self.forward(self.head.w.new_zeros(1, 1))[0].detach()

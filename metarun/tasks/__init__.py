@@ -1,6 +1,41 @@
 """Task families. Each samples meta-batches of tasks as stacked tensors.
 
-A task family has `input_shape`, `output_dim`, `classification`, `loss_fn(outputs, targets)` and
-`sample(n, generator, split)` returning ``(support_x, support_y, query_x, query_y)``, each with a
-leading task dimension of size `n`. Splits are "train", "val" and "test".
+A task family (`TaskFamily`) has `input_shape`, `output_dim`, `classification`,
+`loss_fn(outputs, targets)` and `sample(n, generator, split)` returning
+``(support_x, support_y, query_x, query_y)``, each with a leading task dimension of size `n`.
+Splits are "train", "val" and "test". Constructors take `device`: random draws come from the
+CPU `generator` (a seed gives the same tasks on every device) and the tensors are returned on
+`device`. Some families also report a distance to a known optimum (`KnowsOptimum`), read image
+files (`ReadsImages`) or are RL environments (`RLTaskFamily`).
 """
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+class TaskFamily(Protocol):
+    input_shape: tuple
+    output_dim: int
+    classification: bool
+
+    def loss_fn(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def sample(self, n: int, generator: torch.Generator, split: str): ...
+
+
+@runtime_checkable
+class KnowsOptimum(Protocol):
+    def metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        """Figures such as `dist_to_opt`, logged as train/<name> with every training row."""
+
+
+@runtime_checkable
+class ReadsImages(Protocol):
+    def load_images(self, paths: list) -> torch.Tensor:
+        """Image files -> float (n, C, H, W), preprocessed as in training."""
+
+
+@runtime_checkable
+class RLTaskFamily(Protocol):
+    def env(self, goals: torch.Tensor):
+        """A batched environment for tasks `goals` (see navigation2d)."""

@@ -81,8 +81,8 @@ def read_cifar100(folder, image_size):
 class CIFARFS(ImageTaskFamily):
     """CIFAR-FS; FC100 differs only in `class_splits`."""
 
-    def __init__(self, ways=5, shots=1, query=15, image_size=32, root=None, download=False, cache_dir=None):
-        super().__init__(ways, shots, query, image_size, channels=3)
+    def __init__(self, ways=5, shots=1, query=15, image_size=32, root=None, download=False, cache_dir=None, device="cpu"):
+        super().__init__(ways, shots, query, image_size, channels=3, device=device)
         root = data_root(root)
         folder = root / "cifar-100-python"
         sources = [folder / name for name in ("train", "test", "meta")]

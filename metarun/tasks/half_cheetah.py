@@ -42,16 +42,16 @@ class BatchedHalfCheetah:
     def __init__(self, task, goals, datas):
         self.task, self.datas = task, datas
         self.shape = goals.shape[:-1]
-        self.goals = goals.reshape(-1).double()
+        self.goals = goals.reshape(-1).double().cpu()  # the simulation and its rewards live on the CPU
         self.observation = np.empty((len(datas), task.input_shape[0]))  # filled in place, float64
         self.velocity = torch.zeros(len(datas), dtype=torch.float64)  # forward velocity of the last step
 
     def reset(self, generator=None):
         """Initial states with Gymnasium's noise drawn from `generator` (None: torch's global RNG)."""
         mujoco, model, n = self.task.mujoco, self.task.model, len(self.datas)
-        noise = RESET_NOISE * (2 * torch.rand(n, model.nq, generator=generator, dtype=torch.float64) - 1)
+        noise = RESET_NOISE * (2 * torch.rand(n, model.nq, generator=generator, dtype=torch.float64, device="cpu") - 1)
         qpos = (self.task.init_qpos + noise).numpy()
-        qvel = (self.task.init_qvel + RESET_NOISE * torch.randn(n, model.nv, generator=generator, dtype=torch.float64)).numpy()
+        qvel = (self.task.init_qvel + RESET_NOISE * torch.randn(n, model.nv, generator=generator, dtype=torch.float64, device="cpu")).numpy()
         for i, data in enumerate(self.datas):
             mujoco.mj_resetData(model, data)
             data.qpos[:], data.qvel[:] = qpos[i], qvel[i]
@@ -64,7 +64,7 @@ class BatchedHalfCheetah:
         """Return (observation, reward, terminated) after one env step with the clipped action."""
         task = self.task
         mujoco, model, skip, dt = task.mujoco, task.model, task.frame_skip, task.dt
-        action = action.detach().reshape(len(self.datas), -1).double().clamp(task.action_low, task.action_high)
+        action = action.detach().cpu().reshape(len(self.datas), -1).double().clamp(task.action_low, task.action_high)
         controls, velocity = action.numpy(), self.velocity.numpy()
         for i, data in enumerate(self.datas):  # the only per-simulation loop: physics in C
             x_before = data.qpos[0]
@@ -76,8 +76,8 @@ class BatchedHalfCheetah:
             progress = -(self.velocity - self.goals).abs()
         else:
             progress = self.goals * self.velocity
-        reward = (progress - task.ctrl_cost * action.pow(2).sum(-1)).float().reshape(self.shape)
-        return self._observations(), reward, torch.zeros(self.shape, dtype=torch.bool)
+        reward = (progress - task.ctrl_cost * action.pow(2).sum(-1)).float().reshape(self.shape).to(task.device)
+        return self._observations(), reward, torch.zeros(self.shape, dtype=torch.bool, device=task.device)
 
     def _observe(self, i, data):
         k = self.task.model.nq - 1  # qpos without the root's x, then qvel (Gymnasium's observation)
@@ -85,7 +85,7 @@ class BatchedHalfCheetah:
         self.observation[i, k:] = data.qvel
 
     def _observations(self):
-        return torch.from_numpy(self.observation).float().reshape(*self.shape, -1)
+        return torch.from_numpy(self.observation).float().reshape(*self.shape, -1).to(self.task.device)
 
 
 class HalfCheetah:
@@ -93,7 +93,7 @@ class HalfCheetah:
 
     classification = False
 
-    def __init__(self, goal="velocity", horizon=200, goal_low=0.0, goal_high=2.0, ctrl_cost=0.05):
+    def __init__(self, goal="velocity", horizon=200, goal_low=0.0, goal_high=2.0, ctrl_cost=0.05, device="cpu"):
         if goal not in GOALS:
             raise ConfigError("task.goal", goal, "one of " + ", ".join(GOALS))
         if not (isinstance(horizon, int) and not isinstance(horizon, bool) and horizon >= 1):
@@ -112,6 +112,9 @@ class HalfCheetah:
             raise DataError(f"the HalfCheetah tasks need Gymnasium's MuJoCo environments ({e}): "
                             'pip install "metarun[rl]" (or pip install "gymnasium[mujoco]")') from None
         self.goal, self.horizon, self.goal_range, self.ctrl_cost = goal, horizon, (goal_low, goal_high), ctrl_cost
+        # MuJoCo simulates on the CPU: observations and rewards go to `device`, actions come back
+        # from it once per env step (the one host transfer a GPU run of this task makes per step).
+        self.device = torch.device(device)
         # One Gymnasium environment provides the model and constants; the simulations are MjData.
         # MuJoCo 4 warns (on stderr and into ./MUJOCO_LOG.TXT) that Gymnasium's half_cheetah.xml
         # uses the deprecated `settotalmass`: keep that one quiet, pass any other warning on.
@@ -138,8 +141,10 @@ class HalfCheetah:
     def sample(self, n, generator, split="train"):
         if self.goal == "velocity":
             low, high = self.goal_range
-            return low + (high - low) * torch.rand(n, 1, generator=generator)
-        return 2.0 * torch.randint(0, 2, (n, 1), generator=generator) - 1.0
+            goals = low + (high - low) * torch.rand(n, 1, generator=generator, device="cpu")
+        else:
+            goals = 2.0 * torch.randint(0, 2, (n, 1), generator=generator, device="cpu") - 1.0
+        return goals.to(self.device)
 
     def env(self, goals):
         """Batched environment for goals of any leading shape, e.g. (tasks, trajectories, 1)."""

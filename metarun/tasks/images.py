@@ -116,8 +116,9 @@ class ImageTaskFamily:
     classification = True
     invert = False
 
-    def __init__(self, ways, shots, query, image_size, channels):
+    def __init__(self, ways, shots, query, image_size, channels, device="cpu"):
         self.ways, self.shots, self.query, self.image_size, self.channels = ways, shots, query, image_size, channels
+        self.device = torch.device(device)
         self.input_shape = (channels, image_size, image_size)
         self.output_dim = ways
 
@@ -141,7 +142,8 @@ class ImageTaskFamily:
             # large ones (mini-ImageNet) stay uint8 and each episode is converted on the fly.
             if images.numel() * 4 <= FLOAT_BUDGET:
                 images = images.float().div_(255)
-            self.splits[split] = (images.contiguous(), starts, counts)
+            # The images move to the device once; episodes are then gathered there.
+            self.splits[split] = (images.contiguous().to(self.device), starts, counts)
 
     def sample(self, n, generator, split="train"):
         """`n` episodes: support (n, ways*shots, C, H, W) and query (n, ways*query, C, H, W), labels int64."""
@@ -149,17 +151,20 @@ class ImageTaskFamily:
         k = self.shots + self.query
         # The `ways` classes with the largest random keys, in key order: a uniformly random ordered
         # choice, and a class's label is its position, so the class-to-label map is random per task.
-        classes = torch.rand(n, len(counts), generator=generator).topk(self.ways, dim=1).indices
+        # Random keys are drawn on the CPU (the generator's device): a seed gives the same episodes on
+        # every device; only the image indices move to the device.
+        classes = torch.rand(n, len(counts), generator=generator, device="cpu").topk(self.ways, dim=1).indices
         chosen = counts[classes]
         # `k` distinct images per class: the k smallest of random keys, padding slots never win.
-        keys = torch.rand(n, self.ways, int(counts.max()), generator=generator)
-        keys.masked_fill_(torch.arange(keys.shape[-1]) >= chosen[..., None], 2.0)
+        keys = torch.rand(n, self.ways, int(counts.max()), generator=generator, device="cpu")
+        keys.masked_fill_(torch.arange(keys.shape[-1], device="cpu") >= chosen[..., None], 2.0)
         within = keys.topk(k, dim=-1, largest=False).indices
         shape = images.shape[1:]
-        x = images.index_select(0, (starts[classes][..., None] + within).flatten()).view(n, self.ways, k, *shape)
+        index = (starts[classes][..., None] + within).flatten().to(self.device)
+        x = images.index_select(0, index).view(n, self.ways, k, *shape)
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
-        labels = torch.arange(self.ways)
+        labels = torch.arange(self.ways, device=self.device)
         support_x = x[:, :, : self.shots].reshape(n, self.ways * self.shots, *shape)
         query_x = x[:, :, self.shots :].reshape(n, self.ways * self.query, *shape)
         support_y = labels.repeat_interleave(self.shots).repeat(n, 1)
@@ -168,7 +173,7 @@ class ImageTaskFamily:
 
     def load_images(self, paths):
         """Image files of any size, RGB or grayscale -> float (n, C, H, W), preprocessed as in training."""
-        return read_images(paths, self.channels, self.image_size, self.invert).float().div_(255)
+        return read_images(paths, self.channels, self.image_size, self.invert).float().div_(255).to(self.device)
 
 
 def read_images(paths, channels, size, invert=False):

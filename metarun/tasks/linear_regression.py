@@ -14,12 +14,12 @@ class LinearRegression:
     output_dim = 1
     classification = False
 
-    def __init__(self, input_dim=20, features=5, shots=10, query=10, noise=0.1, truth_seed=1234):
+    def __init__(self, input_dim=20, features=5, shots=10, query=10, noise=0.1, truth_seed=1234, device="cpu"):
         self.input_shape = (input_dim,)
-        self.shots, self.query, self.noise = shots, query, noise
+        self.shots, self.query, self.noise, self.device = shots, query, noise, torch.device(device)
         g = torch.Generator().manual_seed(truth_seed)
         # B* has orthonormal rows: the ground-truth representation, fixed by `truth_seed`.
-        self.truth = torch.linalg.qr(torch.randn(input_dim, features, generator=g))[0].T.contiguous()
+        self.truth = torch.linalg.qr(torch.randn(input_dim, features, generator=g))[0].T.contiguous().to(self.device)
 
     @staticmethod
     def loss_fn(outputs, targets):
@@ -27,9 +27,11 @@ class LinearRegression:
 
     def sample(self, n, generator, split="train"):
         k, d = self.truth.shape
-        heads = torch.randn(n, k, 1, generator=generator)
-        x = torch.randn(n, self.shots + self.query, d, generator=generator)
-        y = x @ self.truth.T @ heads + self.noise * torch.randn(n, self.shots + self.query, 1, generator=generator)
+        # Drawn on the CPU (the generator's device), then moved: the same tasks on every device.
+        heads = torch.randn(n, k, 1, generator=generator, device="cpu").to(self.device)
+        x = torch.randn(n, self.shots + self.query, d, generator=generator, device="cpu").to(self.device)
+        noise = torch.randn(n, self.shots + self.query, 1, generator=generator, device="cpu").to(self.device)
+        y = x @ self.truth.T @ heads + self.noise * noise
         return x[:, : self.shots], y[:, : self.shots], x[:, self.shots :], y[:, self.shots :]
 
     def metrics(self, model):

@@ -70,8 +70,8 @@ def read_csv(folder, split):
 
 
 class MiniImageNet(ImageTaskFamily):
-    def __init__(self, ways=5, shots=1, query=15, image_size=84, root=None, cache_dir=None):
-        super().__init__(ways, shots, query, image_size, channels=3)
+    def __init__(self, ways=5, shots=1, query=15, image_size=84, root=None, cache_dir=None, device="cpu"):
+        super().__init__(ways, shots, query, image_size, channels=3, device=device)
         folder, layout = find_layout(data_root(root))
         if layout == "pickle":
             sources = [folder / PICKLE.format(s) for s in SPLITS]

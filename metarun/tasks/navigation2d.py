@@ -65,7 +65,7 @@ class Navigation2D:
     classification = False
 
     def __init__(self, horizon=100, goal_low=-0.5, goal_high=0.5, max_speed=0.1, success_radius=0.01, normalize_actions=True,
-                 test_goals="sampled"):
+                 test_goals="sampled", device="cpu"):
         if not (isinstance(horizon, int) and horizon >= 1):
             raise ConfigError("task.horizon", horizon, "an integer >= 1")
         if not goal_low < goal_high:
@@ -78,6 +78,7 @@ class Navigation2D:
         if test_goals not in ("sampled", "reference"):
             raise ConfigError("task.test_goals", test_goals, "sampled or reference")
         self.horizon, self.goal_range, self.test_goals = horizon, (goal_low, goal_high), test_goals
+        self.device = torch.device(device)
         self.max_speed, self.success_radius = max_speed, success_radius
         self.normalize_actions = normalize_actions
         # rllab's normalize(): a in [-1, 1] maps to lb + (a + 1) (ub - lb) / 2 = max_speed * a.
@@ -89,8 +90,9 @@ class Navigation2D:
         if split == "test" and self.test_goals == "reference":
             # numpy's legacy stream seeded 1, as the reference drew them; past 40 the same stream goes on.
             goals = np.random.RandomState(1).uniform(low, high, size=(max(n, 40), 2))[:n]
-            return torch.as_tensor(goals, dtype=torch.float32)
-        return low + (high - low) * torch.rand(n, 2, generator=generator)
+            return torch.as_tensor(goals, dtype=torch.float32, device=self.device)
+        # Drawn on the CPU (the generator's device), then moved: the same goals on every device.
+        return (low + (high - low) * torch.rand(n, 2, generator=generator, device="cpu")).to(self.device)
 
     def env(self, goals):
         """Batched environment for goals of any leading shape, e.g. (tasks, trajectories, 2)."""

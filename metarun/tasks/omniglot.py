@@ -56,8 +56,8 @@ class Omniglot(ImageTaskFamily):
     invert = True
 
     def __init__(self, ways=5, shots=1, query=15, image_size=28, rotations=True, root=None, download=False,
-                 cache_dir=None, split="auto", split_fractions=(0.6, 0.2, 0.2), split_seed=0):
-        super().__init__(ways, shots, query, image_size, channels=1)
+                 cache_dir=None, split="auto", split_fractions=(0.6, 0.2, 0.2), split_seed=0, device="cpu"):
+        super().__init__(ways, shots, query, image_size, channels=1, device=device)
         if split not in ("auto", "vinyals", "character", "alphabet"):
             raise ConfigError("task.split", split, "one of auto, vinyals, character, alphabet")
         fractions = list(split_fractions)

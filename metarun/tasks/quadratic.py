@@ -40,8 +40,8 @@ class Quadratic:
     classification = False
 
     def __init__(self, head_dim=1, body_dim=0, support_curvature=(1.0,), query_curvature=(1.0,),
-                 rotation_seed=None, spread=1.0):
-        self.head_dim, self.body_dim = head_dim, body_dim
+                 rotation_seed=None, spread=1.0, device="cpu"):
+        self.head_dim, self.body_dim, self.device = head_dim, body_dim, torch.device(device)
         d = self.output_dim = head_dim + body_dim
         support, query = list(support_curvature), list(query_curvature)
         for key, eig in (("task.support_curvature", support), ("task.query_curvature", query)):
@@ -66,18 +66,18 @@ class Quadratic:
         d = self.output_dim
         r = outputs - targets[..., :d]
         flag = targets[..., d:]
-        a_s, a_d = self.support_matrix.to(r.dtype), self.query_matrix.to(r.dtype)
+        a_s, a_d = self.support_matrix.to(r), self.query_matrix.to(r)  # the theory keeps float64 CPU copies
         quad = (1 - flag) * (r * (r @ a_s)).sum(-1, keepdim=True) + flag * (r * (r @ a_d)).sum(-1, keepdim=True)
         return 0.5 * quad.mean()
 
     def sample(self, n, generator, split="train"):
         # Antithetic centres (c, -c): the batch mean is exactly 0, so the outer step is exactly
         # the linear map of the module docstring. An odd n gets one centre at 0.
-        half = self.spread * torch.randn(n // 2, self.output_dim, generator=generator)
-        centres = torch.cat([half, -half, torch.zeros(n % 2, self.output_dim)])[:, None, :]
-        x = torch.zeros(n, 1, 1)
-        support_y = torch.cat([centres, torch.zeros(n, 1, 1)], dim=-1)
-        query_y = torch.cat([centres, torch.ones(n, 1, 1)], dim=-1)
+        half = self.spread * torch.randn(n // 2, self.output_dim, generator=generator, device="cpu").to(self.device)
+        centres = torch.cat([half, -half, half.new_zeros(n % 2, self.output_dim)])[:, None, :]
+        x = half.new_zeros(n, 1, 1)
+        support_y = torch.cat([centres, half.new_zeros(n, 1, 1)], dim=-1)
+        query_y = torch.cat([centres, half.new_ones(n, 1, 1)], dim=-1)
         return x, support_y, x, query_y
 
     def metrics(self, model):

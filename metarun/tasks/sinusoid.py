@@ -10,8 +10,9 @@ class Sinusoid:
     output_dim = 1
     classification = False
 
-    def __init__(self, shots=10, query=10, amplitude_min=0.1, amplitude_max=5.0, phase_max=math.pi, x_min=-5.0, x_max=5.0):
-        self.shots, self.query = shots, query
+    def __init__(self, shots=10, query=10, amplitude_min=0.1, amplitude_max=5.0, phase_max=math.pi, x_min=-5.0, x_max=5.0,
+                 device="cpu"):
+        self.shots, self.query, self.device = shots, query, torch.device(device)
         self.amplitude = (amplitude_min, amplitude_max)
         self.phase_max = phase_max
         self.x_range = (x_min, x_max)
@@ -22,8 +23,9 @@ class Sinusoid:
 
     def sample(self, n, generator, split="train"):
         # Every split draws from the same task distribution; evaluation uses its own seeded generator.
+        # Drawn on the CPU (the generator's device), so a seed gives the same tasks on every device.
         def uniform(low, high, *shape):
-            return low + (high - low) * torch.rand(*shape, generator=generator)
+            return (low + (high - low) * torch.rand(*shape, generator=generator, device="cpu")).to(self.device)
 
         amplitude = uniform(*self.amplitude, n, 1, 1)
         phase = uniform(0.0, self.phase_max, n, 1, 1)

@@ -1,0 +1,1 @@
+"""Reusable layers: straight-through binary masks and masked linear layers (`masks`)."""
