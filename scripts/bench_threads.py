@@ -49,6 +49,29 @@ BUSY = ("import os, time\nparent, end = os.getppid(), time.time() + 3600\n"
         "while time.time() < end and os.getppid() == parent:\n    for _ in range(100000):\n        pass\n")
 
 
+class Others:
+    """Cores used by other processes over a `with` block: the machine's busy time (/proc/stat) minus
+    this process's and its children's CPU time. The loaded figures should show ~1 (the busy
+    process); anything else is someone else's job running beside the benchmark."""
+
+    def __enter__(self):
+        self.start = self.snapshot()
+        return self
+
+    def __exit__(self, *exc):
+        (t0, busy0, own0), (t1, busy1, own1) = self.start, self.snapshot()
+        self.cores = max(0.0, ((busy1 - busy0) - (own1 - own0)) / (t1 - t0))
+
+    @staticmethod
+    def snapshot():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick
+        me, children = os.times()[:2], os.times()[2:4]
+        return time.time(), busy, sum(me) + sum(children)
+
+
 class Busy:
     """`n` busy-loop processes for the duration of a `with` block.
 
@@ -86,23 +109,25 @@ def config(overrides):
 
 
 def seconds_per_step(algo, task, cfg, generator, n_threads, budget):
-    """Median seconds of `algo.step` over at least 3 steps and `budget` seconds (after one warm-up step)."""
+    """(median seconds of `algo.step` over at least 3 steps and `budget` seconds after one warm-up
+    step, cores used by other processes meanwhile)."""
     torch.set_num_threads(n_threads)
     algo.step(task.sample(cfg.meta_batch_size, generator, "train"))
     times, start = [], time.perf_counter()
-    while len(times) < 3 or time.perf_counter() - start < budget:
-        batch = task.sample(cfg.meta_batch_size, generator, "train")
-        t0 = time.perf_counter()
-        algo.step(batch)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    with Others() as others:
+        while len(times) < 3 or time.perf_counter() - start < budget:
+            batch = task.sample(cfg.meta_batch_size, generator, "train")
+            t0 = time.perf_counter()
+            algo.step(batch)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), others.cores
 
 
 def bench_steps(budget, repeats):
     print(f"\n== steps: s per algo.step at 1 and 2 threads (median over >= {budget:g} s, best of {repeats}); "
           f"{os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"{'workload':<34}{'MFLOP/batch':>12}{'idle':>6}{'auto quiet':>11}{'auto loaded':>12}"
-          f"{'quiet t1':>10}{'quiet t2':>10}{'t2/t1':>7}{'loaded t1':>11}{'loaded t2':>11}{'t2/t1':>7}")
+    print(f"{'workload':<34}{'MFLOP/batch':>12}{'auto quiet':>11}{'auto loaded':>12}"
+          f"{'quiet t1':>10}{'quiet t2':>10}{'t2/t1':>7}{'loaded t1':>11}{'loaded t2':>11}{'t2/t1':>7}{'others q/l':>12}")
     data = os.environ.get("METARUN_DATA")
     for name, overrides in WORKLOADS.items():
         if "Omniglot" in name and not (data and (Path(data) / "omniglot-py").is_dir()):
@@ -114,31 +139,35 @@ def bench_steps(budget, repeats):
         generator = torch.Generator().manual_seed(0)
         row = {}
         for load in (0, 1):
-            with Busy(load) as busy:
-                row[load, "idle"] = busy.idle_before
+            with Busy(load):
                 row[load, "auto"] = threads.choose(task, model, algo, cfg.meta_batch_size)[0]
+                others = []
                 for _ in range(repeats):  # interleaved, so a drift in speed hits both alike
                     for n in (1, 2):
-                        t = seconds_per_step(algo, task, cfg, generator, n, budget)
+                        t, o = seconds_per_step(algo, task, cfg, generator, n, budget)
                         row[load, n] = min(row.get((load, n), t), t)
-        print(f"{name:<34}{(flops or float('nan')) / 1e6:>12.3g}{row[0, 'idle']:>6.2f}{row[0, 'auto']:>11}{row[1, 'auto']:>12}"
+                        others.append(o)
+                row[load, "others"] = max(others)
+        print(f"{name:<34}{(flops or float('nan')) / 1e6:>12.3g}{row[0, 'auto']:>11}{row[1, 'auto']:>12}"
               f"{row[0, 1]:>10.4f}{row[0, 2]:>10.4f}{row[0, 2] / row[0, 1]:>7.2f}"
-              f"{row[1, 1]:>11.4f}{row[1, 2]:>11.4f}{row[1, 2] / row[1, 1]:>7.2f}", flush=True)
-    print(f"threads=auto: 1 thread below {threads.SMALL_FLOPS / 1e6:g} MFLOP per meta-batch forward, else the idle cores; "
-          "idle = cores idle before the quiet measurement (of 2)")
+              f"{row[1, 1]:>11.4f}{row[1, 2]:>11.4f}{row[1, 2] / row[1, 1]:>7.2f}"
+              f"{row[0, 'others']:>6.2f}/{row[1, 'others']:.2f}", flush=True)
+    print(f"threads=auto: 1 thread below {threads.SMALL_FLOPS / 1e6:g} MFLOP per meta-batch forward, else the idle cores. "
+          "others q/l: the most cores other processes used during a quiet / loaded timing (loaded: ~1, the busy process)")
 
 
 def time_run(args, workdir):
     """(whole-command seconds, training seconds, threads) of one `metarun` run."""
     out = Path(tempfile.mkdtemp(dir=workdir))
     t0 = time.perf_counter()
-    result = subprocess.run(["metarun", *args, "progress=false", f"hydra.run.dir={out}"], cwd=workdir,
-                            capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    with Others() as others:
+        result = subprocess.run(["metarun", *args, "progress=false", f"hydra.run.dir={out}"], cwd=workdir,
+                                capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"})
     wall = time.perf_counter() - t0
     if result.returncode:
         sys.exit(f"metarun {' '.join(args)} failed:\n{result.stderr[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    return wall, summary["time"], summary["threads"], summary.get("threads_reason", "")
+    return wall, summary["time"], summary["threads"], summary.get("threads_reason", ""), others.cores
 
 
 def bench_runs(iterations, repeats):
@@ -159,7 +188,8 @@ def bench_runs(iterations, repeats):
                 train = statistics.median(r[1] for r in rs)
                 results[load, name] = wall
                 print(f"{label:<16}{name:<16} whole {wall:7.1f} s  training {train:7.1f} s  "
-                      f"{iterations / train:7.0f} it/s  threads {rs[0][2]} ({rs[0][3]})", flush=True)
+                      f"{iterations / train:7.0f} it/s  others {max(r[4] for r in rs):.2f} cores  "
+                      f"threads {rs[0][2]} ({rs[0][3]})", flush=True)
     quiet = results[0, "default (auto)"] / results[0, "threads=1"]
     loaded = results[1, "default (auto)"] / results[0, "default (auto)"]
     loaded_vs_1 = results[1, "default (auto)"] / results[1, "threads=1"]

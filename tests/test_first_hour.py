@@ -36,7 +36,7 @@ def error_line(result, prefix="metarun: error: "):
 def trained(tmp_path_factory):
     """A finished 20-iteration sinusoid run (checkpoint.pt and best.pt), copied by the tests that damage it."""
     root = tmp_path_factory.mktemp("trained")
-    result = run_metarun(*TINY, "test_checkpoint=best", "hydra.run.dir=run", cwd=root)
+    result = run_metarun(*TINY, "hydra.run.dir=run", cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     return root / "run"
 
@@ -67,12 +67,12 @@ def test_mistakes_say_what_to_do_in_one_line_and_create_nothing(tmp_path, args, 
 def test_eval_of_a_run_without_checkpoint_fails_before_evaluating(trained, tmp_path):
     run = copy_run(trained, tmp_path)
     (run / "checkpoint.pt").unlink()
-    result = run_metarun("mode=eval", f"run_dir={run}", "test_checkpoint=last", cwd=tmp_path)
+    result = run_metarun("mode=eval", f"run_dir={run}", cwd=tmp_path)
     assert f"no checkpoint at {run / 'checkpoint.pt'}" in error_line(result)
     assert "evaluating" not in result.stdout and not (run / "eval").exists()
-    # The run was trained with test_checkpoint=best: mode=eval then evaluates best.pt, which is checked too.
+    # test_checkpoint=best evaluates best.pt, which is checked the same way.
     (run / "best.pt").unlink()
-    result = run_metarun("mode=eval", f"run_dir={run}", cwd=tmp_path)
+    result = run_metarun("mode=eval", f"run_dir={run}", "test_checkpoint=best", cwd=tmp_path)
     assert f"no checkpoint at {run / 'best.pt'}" in error_line(result) and not (run / "eval").exists()
 
 
@@ -142,9 +142,9 @@ def test_damaged_best_pt_on_resume(trained, tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_damaged_checkpoint_on_eval(trained, tmp_path, kind):
     run = copy_run(trained, tmp_path)
-    damage(run / "best.pt", kind)  # trained with test_checkpoint=best: mode=eval evaluates best.pt
+    damage(run / "checkpoint.pt", kind)
     result = run_metarun("mode=eval", f"run_dir={run}", cwd=tmp_path)
-    assert_checkpoint_message(error_line(result), run / "best.pt", kind)
+    assert_checkpoint_message(error_line(result), run / "checkpoint.pt", kind)
     assert "evaluating" not in result.stdout and not (run / "eval").exists()
 
 
@@ -270,8 +270,8 @@ def test_atomic_write_keeps_an_existing_files_mode(tmp_path, umask):
 
 def test_run_files_are_readable_by_others_under_umask_022(tmp_path, umask):
     umask(0o022)
-    result = run_metarun(*TINY, "test_checkpoint=best", "hydra.run.dir=run", cwd=tmp_path)
+    result = run_metarun(*TINY, "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "run").iterdir() if p.is_file()}
-    assert set(modes) == {"summary.json", "checkpoint.pt", "best.pt", "metrics.jsonl"}  # and no empty cli.log
+    assert set(modes) == {"summary.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "config.yaml"}  # no empty cli.log
     assert set(modes.values()) == {0o644}, {k: oct(v) for k, v in modes.items()}
