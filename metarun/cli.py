@@ -37,6 +37,10 @@ def group_options(group):
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def config_groups():
+    return sorted(p.name for p in resources.files("metarun.conf").iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
 def is_group(key):
     key = key.lstrip("+~")
     return "." not in key and not key.startswith("hydra") and resources.files("metarun.conf").joinpath(key).is_dir()
@@ -75,12 +79,10 @@ def config_keys(cfg, prefix=""):
 
 def unknown_key(key, cfg):
     """What to say about a key the config does not have: the closest keys or groups."""
-    groups = [g for g in ("algo", "task", "model", "optim", "logger", "experiment")]
-    candidates = config_keys(cfg) + [g for g in groups if g not in cfg]
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    close = [f"+{c}" if c == "experiment" else c for c in close]  # a preset group outside the defaults
+    extra = [g for g in config_groups() if g not in cfg]  # groups outside the defaults (presets): added with +
+    close = difflib.get_close_matches(key, config_keys(cfg) + extra, n=1, cutoff=0.6)
     if close:
-        return f"not a config key; did you mean {close[0]}?"
+        return f"not a config key; did you mean {'+' if close[0] in extra else ''}{close[0]}?"
     parent = key.rsplit(".", 1)[0] if "." in key else None
     node = OmegaConf.select(cfg, parent, default=None) if parent else None
     if OmegaConf.is_dict(node):
@@ -130,7 +132,9 @@ def precheck(argv):
                 v = o.value() if value is None else value
                 for option in (v if isinstance(v, list) else [v]):
                     if str(option) not in options:
-                        raise ConfigError(group, str(option), "must be one of " + ", ".join(options))
+                        close = difflib.get_close_matches(str(option), options, n=1, cutoff=0.6)
+                        hint = f"; did you mean {group}={close[0]}?" if close else ""
+                        raise ConfigError(group, str(option), "must be one of " + ", ".join(options) + hint)
     plain = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
     GlobalHydra.instance().clear()
     with initialize_config_module("metarun.conf", version_base="1.3"):
@@ -271,8 +275,24 @@ def hydra_main(cfg):
     return summary.get("test/loss")
 
 
+def version():
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    def of(name):
+        try:
+            return installed(name)
+        except PackageNotFoundError:
+            return "?"
+
+    return f"metarun {of('metarun')} (torch {of('torch')}, hydra-core {of('hydra-core')})"
+
+
 def main():
     argv = sys.argv[1:]
+    if argv and argv[0] in ("--version", "-V"):  # metarun's own version, not Hydra's
+        print(version())
+        return
     try:
         argv = expand_run_dir(argv)
         precheck(argv)

@@ -49,6 +49,7 @@ def copy_run(trained, tmp_path):
 
 @pytest.mark.parametrize("args,expected", [
     (["itterations=5"], "itterations='5' is not allowed: not a config key; did you mean iterations?"),
+    (["algo=anl"], "must be one of anil, fomaml, maml, maml_rl, reptile; did you mean algo=anil?"),
     (["algo.inner_stpes=2"], "did you mean algo.inner_steps?"),
     (["experimnet=sinusoid_finn2017"], "did you mean +experiment?"),
     (["experiment=sinusoid_finn2017"], "add a preset with +experiment=sinusoid_finn2017"),
@@ -76,7 +77,7 @@ def test_eval_of_a_run_without_checkpoint_fails_before_evaluating(trained, tmp_p
     assert f"no checkpoint at {run / 'best.pt'}" in error_line(result) and not (run / "eval").exists()
 
 
-# ---------------------------------------------------------------- metarun --help
+# ---------------------------------------------------------------- metarun --help, --version
 
 def test_help_is_metaruns_own(tmp_path):
     result = run_metarun("--help", cwd=tmp_path)
@@ -103,6 +104,14 @@ def test_help_is_metaruns_own(tmp_path):
     for key, value in shown_now.items():
         expected = 7 if key == "iterations" else OmegaConf.select(cfg, key)
         assert value == str(expected), (key, value, expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_version_is_metaruns(tmp_path):
+    from importlib.metadata import version
+
+    result = run_metarun("--version", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(f"metarun {version('metarun')} (torch {version('torch')}")
     assert list(tmp_path.iterdir()) == []
 
 
