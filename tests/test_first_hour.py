@@ -6,6 +6,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -131,41 +132,57 @@ def assert_checkpoint_message(line, path, kind):
     assert "weights_only=False" not in line and "weights_only` set to `False" not in line
 
 
+def command(name, *args, kind, cwd, capsys, monkeypatch):
+    """Run `metarun` or `metarun-predict` with `args`: the truncated case as a real process, the
+    others in this process (the same code path up to the error, without a second interpreter start)."""
+    if kind == "truncated":
+        return run_metarun(*args, cwd=cwd, command=name)
+    from metarun import cli, predict
+
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [name, *args])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main() if name == "metarun" else predict.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, info.value.code, out.out, out.err)
+
+
 @pytest.mark.parametrize("kind", KINDS)
-def test_damaged_checkpoint_on_resume(trained, tmp_path, kind):
+def test_damaged_checkpoint_on_resume(trained, tmp_path, kind, capsys, monkeypatch):
     run = copy_run(trained, tmp_path)
     damage(run / "checkpoint.pt", kind)
     before = sorted(p.name for p in run.iterdir())
-    result = run_metarun("resume=true", f"run_dir={run}", cwd=tmp_path)
+    result = command("metarun", "resume=true", f"run_dir={run}", kind=kind, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert_checkpoint_message(error_line(result), run / "checkpoint.pt", kind)
     assert sorted(p.name for p in run.iterdir()) == before  # nothing started: no log, no new summary
 
 
-def test_damaged_best_pt_on_resume(trained, tmp_path):
+def test_damaged_best_pt_on_resume(trained, tmp_path, capsys, monkeypatch):
     run = copy_run(trained, tmp_path)
-    damage(run / "best.pt", "truncated")
-    result = run_metarun("resume=true", f"run_dir={run}", cwd=tmp_path)
-    assert_checkpoint_message(error_line(result), run / "best.pt", "truncated")
+    damage(run / "best.pt", "empty")
+    result = command("metarun", "resume=true", f"run_dir={run}", kind="empty", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert_checkpoint_message(error_line(result), run / "best.pt", "empty")
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_damaged_checkpoint_on_eval(trained, tmp_path, kind):
+def test_damaged_checkpoint_on_eval(trained, tmp_path, kind, capsys, monkeypatch):
     run = copy_run(trained, tmp_path)
     damage(run / "checkpoint.pt", kind)
-    result = run_metarun("mode=eval", f"run_dir={run}", cwd=tmp_path)
+    result = command("metarun", "mode=eval", f"run_dir={run}", kind=kind, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert_checkpoint_message(error_line(result), run / "checkpoint.pt", kind)
     assert "evaluating" not in result.stdout and not (run / "eval").exists()
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_damaged_checkpoint_on_predict(trained, tmp_path, kind):
+def test_damaged_checkpoint_on_predict(trained, tmp_path, kind, capsys, monkeypatch):
     run = copy_run(trained, tmp_path)
     damage(run / "checkpoint.pt", kind)
     for cls in ("a", "b"):  # the checkpoint is read before any image is decoded
         (tmp_path / "support" / cls).mkdir(parents=True)
         (tmp_path / "support" / cls / "1.png").write_bytes(b"")
-    result = run_metarun(str(run), "--support", str(tmp_path / "support"), "--query", str(tmp_path / "support"),
-                         cwd=tmp_path, command="metarun-predict")
+    result = command("metarun-predict", str(run), "--support", str(tmp_path / "support"), "--query", str(tmp_path / "support"),
+                     kind=kind, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert_checkpoint_message(error_line(result, "metarun-predict: error: "), run / "checkpoint.pt", kind)
 
 
@@ -226,11 +243,28 @@ def test_summary_follows_checkpoints_sigint_and_resume(tmp_path):
     assert summary["status"] == "completed" and summary["iteration"] == summary["checkpoint_iteration"] == saved + 10
 
 
-@pytest.mark.parametrize("algo,name", [("anil", "ANIL"), ("fomaml", "FOMAML"), ("reptile", "Reptile")])
-def test_progress_bar_names_the_chosen_algorithm(tmp_path, algo, name):
-    result = run_metarun(f"algo={algo}", "iterations=3", "eval_tasks=4", "progress=true", cwd=tmp_path)
+def test_progress_bar_names_the_chosen_algorithm(tmp_path):
+    result = run_metarun("algo=anil", "iterations=3", "eval_tasks=4", "progress=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"{name}: 100%" in result.stderr and "MAML: " not in result.stderr.replace(f"{name}: ", "")
+    assert "ANIL: 100%" in result.stderr and "MAML" not in result.stderr
+
+
+@pytest.mark.parametrize("algo,name", [("maml", "MAML"), ("fomaml", "FOMAML"), ("reptile", "Reptile"), ("maml_rl", "MAML-RL")])
+def test_algorithm_display_names(algo, name):
+    from hydra.core.hydra_config import HydraConfig
+
+    from metarun.train import algo_name
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("metarun.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"algo={algo}"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    try:
+        assert algo_name(cfg) == name
+    finally:
+        HydraConfig.instance().cfg = None
+    assert algo_name(cfg) == cfg.algo._target_.rsplit(".", 1)[1]  # outside a Hydra job: the class name
 
 
 # ---------------------------------------------------------------- W&B: local metrics always, and where the run went
