@@ -4,6 +4,8 @@ Before Hydra starts, every override (and every value of a sweep) is composed and
 a user mistake ends in one line naming the key, the value and what is allowed, with exit
 code 2, before any job runs.
 """
+import difflib
+import json
 import sys
 from importlib import resources
 from pathlib import Path
@@ -17,6 +19,7 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from metarun.checkpoint import load as load_checkpoint
 from metarun.config import ConfigError, DataError, validate
 
 # Flags after which the arguments are not plain overrides; the pre-check leaves those to Hydra.
@@ -32,6 +35,10 @@ def fail(message, code=2):
 def group_options(group):
     folder = resources.files("metarun.conf").joinpath(group)
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_groups():
+    return sorted(p.name for p in resources.files("metarun.conf").iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
 def is_group(key):
@@ -58,10 +65,46 @@ def _with_value(override, value):
     return override.input_line if value is None else f"{override.get_key_element()}={value}"
 
 
-def check_override(line, exc):
-    """Turn a composition failure of one override into a ConfigError (group options were checked before)."""
+def config_keys(cfg, prefix=""):
+    """Every dotted key of a composed config (the hydra node left out)."""
+    keys = []
+    for k, v in cfg.items():
+        if prefix == "" and k == "hydra":
+            continue
+        keys.append(prefix + str(k))
+        if OmegaConf.is_dict(v):
+            keys += config_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def unknown_key(key, cfg):
+    """What to say about a key the config does not have: the closest keys or groups."""
+    extra = [g for g in config_groups() if g not in cfg]  # groups outside the defaults (presets): added with +
+    close = difflib.get_close_matches(key, config_keys(cfg) + extra, n=1, cutoff=0.6)
+    if close:
+        return f"not a config key; did you mean {'+' if close[0] in extra else ''}{close[0]}?"
+    parent = key.rsplit(".", 1)[0] if "." in key else None
+    node = OmegaConf.select(cfg, parent, default=None) if parent else None
+    if OmegaConf.is_dict(node):
+        return f"not a config key; {parent} has: " + ", ".join(str(k) for k in node)
+    return "not a config key (metarun --cfg job lists them all)"
+
+
+def check_override(line, exc, cfg):
+    """Turn a composition failure of one override into a ConfigError (group options were checked before).
+
+    `cfg` is the config composed from the overrides before this one, to look the key up in.
+    """
     key, _, value = line.partition("=")
-    raise ConfigError(key, value, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    bare = key.lstrip("+~")
+    message = str(exc).strip()
+    if not key.startswith(("+", "~")) and OmegaConf.select(cfg, bare, default="<missing>") == "<missing>" and "Could not override" in message:
+        raise ConfigError(bare, value, unknown_key(bare, cfg))
+    raise ConfigError(key, value, message.splitlines()[0] if message else type(exc).__name__)
+
+
+def is_multirun(argv):
+    return any(a in ("-m", "--multirun") for a in argv) or "hydra.mode=MULTIRUN" in argv
 
 
 def precheck(argv):
@@ -73,6 +116,13 @@ def precheck(argv):
         parsed = OverridesParser.create().parse_overrides(overrides)
     except HydraException as e:
         raise ConfigError("overrides", " ".join(overrides), str(e).splitlines()[0]) from None
+    if not is_multirun(argv):
+        for o in parsed:
+            if o.is_sweep_override():
+                key = o.get_key_element()
+                raise ConfigError(key, o.input_line.partition("=")[2],
+                                  f"a sweep needs -m: metarun -m {o.input_line} (a list value is written "
+                                  f"{key}=[a,b], a string with a comma is quoted: {key}='a,b')")
     # Group options first, so an unknown option is reported as such, not as a later key failure.
     for o in parsed:
         key = o.get_key_element()
@@ -82,10 +132,20 @@ def precheck(argv):
                 v = o.value() if value is None else value
                 for option in (v if isinstance(v, list) else [v]):
                     if str(option) not in options:
-                        raise ConfigError(group, str(option), "must be one of " + ", ".join(options))
+                        close = difflib.get_close_matches(str(option), options, n=1, cutoff=0.6)
+                        hint = f"; did you mean {group}={close[0]}?" if close else ""
+                        raise ConfigError(group, str(option), "must be one of " + ", ".join(options) + hint)
     plain = [o for o in parsed if not o.get_key_element().lstrip("+~").startswith("hydra")]
     GlobalHydra.instance().clear()
     with initialize_config_module("metarun.conf", version_base="1.3"):
+        chosen = compose("config", return_hydra_config=True).hydra.runtime.choices
+        for o in plain:  # a group outside the defaults (the presets) is added with +
+            key = o.get_key_element()
+            value = o.input_line.partition("=")[2]
+            if is_group(key) and not key.startswith(("+", "~")) and key not in chosen:
+                raise ConfigError(key, value, f"{key} is not among the defaults; add a preset with +{key}={value}")
+            if key.startswith("+") and not key.startswith("++") and is_group(key) and key.lstrip("+") in chosen:
+                raise ConfigError(key, value, f"{key[1:]} is chosen by the defaults already; use {key[1:]}={value} without the +")
         checked = 0
         for lines in variants(plain) if plain else [[]]:
             try:
@@ -95,9 +155,11 @@ def precheck(argv):
                     try:
                         compose("config", overrides=lines[: i + 1])
                     except (HydraException, OmegaConfBaseException) as e2:
-                        check_override(lines[i], e2)
+                        check_override(lines[i], e2, compose("config", overrides=lines[:i]))
                 raise ConfigError("config", " ".join(lines), str(e).splitlines()[0]) from None
             _validate(cfg)
+            if checked == 0 and not is_multirun(argv):
+                check_run_dir(cfg)
             checked += 1
             # Sweeps declared by an experiment preset (hydra.sweeper.params) are checked too.
             params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
@@ -109,6 +171,24 @@ def precheck(argv):
                     except (HydraException, OmegaConfBaseException) as e:
                         raise ConfigError("hydra.sweeper.params", " ".join(extra), str(e).splitlines()[0]) from None
     GlobalHydra.instance().clear()
+
+
+def check_run_dir(cfg):
+    """Before Hydra creates anything: the checkpoint that resume=true or mode=eval needs is there and loads."""
+    if not cfg.get("run_dir") or not (cfg.resume or cfg.mode == "eval"):
+        return
+    run_dir = Path(cfg.run_dir).absolute()
+    if cfg.resume:
+        path = run_dir / "checkpoint.pt"
+        hint = "run without resume=true to start a new run"
+    else:
+        path = run_dir / ("best.pt" if cfg.get("test_checkpoint") == "best" else "checkpoint.pt")
+        hint = "the run has not written one yet (it does every checkpoint_every iterations and at the end)"
+    if not path.is_file():
+        raise DataError(f"no checkpoint at {path}: {hint}")
+    load_checkpoint(path)  # a corrupt file fails here, in one line
+    if cfg.resume and (run_dir / "best.pt").is_file():  # resume reads best.pt too
+        load_checkpoint(run_dir / "best.pt")
 
 
 def _validate(cfg):
@@ -137,14 +217,25 @@ def expand_run_dir(argv):
     run_dir = values.get("run_dir")
     resume = values.get("resume", "false").lower() == "true"
     evaluating = values.get("mode") == "eval"
-    if "-m" in argv or "--multirun" in argv or not (resume or evaluating):
+    if is_multirun(argv) or not (resume or evaluating):
         return argv
+    if not run_dir and resume and values.get("hydra.run.dir"):
+        run_dir = values["hydra.run.dir"]  # `resume=true hydra.run.dir=X` names the run too
+        argv = [*argv, f"run_dir={run_dir}"]
     if not run_dir:
+        example = "outputs/runs/2026-11-22/10-00-00"
         if evaluating:
-            raise ConfigError("run_dir", None, "mode=eval needs run_dir=<a training run dir>")
-        return argv
+            raise ConfigError("run_dir", None, f"missing; mode=eval needs the training run to evaluate: "
+                                               f"metarun mode=eval run_dir={example}")
+        raise ConfigError("run_dir", None, f"missing; resume=true needs the run to continue: "
+                                           f"metarun resume=true run_dir={example}")
     saved = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
+    if not saved.is_file():  # the checkpoint itself is checked once the config is composed (check_run_dir)
+        if resume and not (Path(run_dir) / "checkpoint.pt").is_file():
+            raise DataError(f"no checkpoint at {Path(run_dir).absolute() / 'checkpoint.pt'}: run without resume=true "
+                            "to start a new run")
+        if not Path(run_dir).is_dir():
+            raise DataError(f"run_dir={run_dir} does not exist")
         raise DataError(f"run_dir={run_dir} has no .hydra/overrides.yaml: not a metarun run dir")
     own = {"resume", "run_dir", "hydra.run.dir", "mode"}
     previous = [o for o in OmegaConf.to_container(OmegaConf.load(saved)) if o.split("=")[0] not in own]
@@ -174,15 +265,39 @@ def hydra_main(cfg):
     except NonFiniteLoss as e:
         fail(e, code=1)
     except KeyboardInterrupt:
-        fail(f"interrupted; continue with: metarun resume=true run_dir={hc.runtime.output_dir}", code=130)
+        if cfg.mode == "eval":
+            fail("interrupted", code=130)
+        try:
+            where = json.loads((Path(hc.runtime.output_dir) / "summary.json").read_text())
+            at = f" at iteration {where['iteration']}"
+            since = f" from the checkpoint at iteration {where.get('checkpoint_iteration') or 0}"
+        except (OSError, ValueError, KeyError):
+            at = since = ""
+        fail(f"interrupted{at}; `metarun resume=true run_dir={hc.runtime.output_dir}` continues{since}", code=130)
     report = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and "_step" not in k}
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in report.items()) + f"  time={summary['time']:.1f}s")
     print(f"run dir: {hc.runtime.output_dir}")
     return summary.get("test/loss")
 
 
+def version():
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    def of(name):
+        try:
+            return installed(name)
+        except PackageNotFoundError:
+            return "?"
+
+    return f"metarun {of('metarun')} (torch {of('torch')}, hydra-core {of('hydra-core')})"
+
+
 def main():
     argv = sys.argv[1:]
+    if argv and argv[0] in ("--version", "-V"):  # metarun's own version, not Hydra's
+        print(version())
+        return
     try:
         argv = expand_run_dir(argv)
         precheck(argv)

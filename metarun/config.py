@@ -37,6 +37,11 @@ def _choice(*options):
     return (lambda v: v in options), "one of " + ", ".join(map(str, options))
 
 
+def _threads():
+    return (lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)), \
+        "auto (chosen from the workload and the idle cores) or an integer >= 1"
+
+
 def _bool():
     return (lambda v: isinstance(v, bool)), "true or false"
 
@@ -80,7 +85,7 @@ if not OmegaConf.has_resolver("pick"):
 RULES = {
     "scale": _choice("quick", "full"),  # first: presets interpolate their lengths from it
     "seed": _int(0),
-    "threads": _int(1),
+    "threads": _threads(),
     "iterations": _int(0),
     "meta_batch_size": _int(1),
     "log_every": _int(1),

@@ -1,7 +1,9 @@
-"""Metric sinks: metrics.jsonl in the run dir, and Weights & Biases.
+"""Metric sinks: metrics.jsonl in the run dir (always), and Weights & Biases (logger=wandb).
 
-W&B never prompts and never blocks a run: without credentials it logs offline, and if it
-cannot start at all the run goes on with a warning.
+metrics.jsonl is written whatever the logger choice, so `metarun-report` and `mode=eval` always
+have the local record. W&B never prompts and never blocks a run: without credentials it logs
+offline (and says where, with the `wandb sync` command), and if it cannot start at all the run
+goes on with a warning.
 """
 import json
 import netrc
@@ -91,15 +93,29 @@ class WandbLogger:
             if isinstance(v, (int, float, str)):
                 self.run.summary[k] = v
         self.run.finish()
+        try:
+            line = self.where()
+        except Exception:  # noqa: BLE001 - a message must not fail a finished run
+            line = None
+        if line:
+            print(line, flush=True)
+
+    def where(self):
+        """One line: where this W&B run went (for an offline run, how to upload it); None when disabled."""
+        mode = self.run.settings.mode
+        if mode in ("offline", "dryrun"):
+            sync_dir = self.run.settings.sync_dir
+            return f"metarun: W&B offline run in {sync_dir}; upload with `wandb sync {sync_dir}`"
+        if mode == "online" and self.run.url:
+            return f"metarun: W&B run at {self.run.url}"
+        return None
 
 
 class Loggers:
     """Fan metrics out to every configured sink."""
 
     def __init__(self, cfg, run_dir, group, name, resume_iteration):
-        self.sinks = []
-        if "jsonl" in cfg.logger:
-            self.sinks.append(JsonlLogger(run_dir, resume_iteration))
+        self.sinks = [JsonlLogger(run_dir, resume_iteration)]  # always: the local record reports are made from
         if "wandb" in cfg.logger:
             try:
                 self.sinks.append(WandbLogger(cfg, run_dir, group, name, resume_iteration is not None))

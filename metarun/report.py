@@ -6,12 +6,17 @@
 Reads `<sweep_dir>/<job>/` (basic or joblib launcher): `.hydra/overrides.yaml`, `metrics.jsonl`,
 `summary.json`. Runs are grouped by the overrides that differ between runs, except the seed,
 and averaged over seeds with pandas. Runs that are still going, failed or never wrote a summary
-are kept and labelled with their status. Writes into `<sweep_dir>/report/` (or `--out`):
+are kept and labelled with their status; a run whose summary says `running` but which has written
+nothing for longer than two of its own checkpoint intervals (at least a minute) is `stale`
+(killed, or its machine went away). Writes into `<sweep_dir>/report/` (or `--out`):
 
   train_loss.png, eval_<metric>.png (and dist_to_opt.png, contraction.png when logged)
       mean over seeds with a +-1 standard deviation band, against iterations, training seconds
       and oracle cost (gradient plus second-order evaluations, each weighted by the number of
       parameters it differentiates: the `oracle/*_params` counts);
+  test_vs_inner_steps.png
+      the final meta-test loss and accuracy (return for RL) against the number of inner steps at
+      test time, mean over seeds with a 95% confidence band;
   summary.md / summary.csv
       per setting: iterations, seconds and oracle calls to reach `--target` on `--metric`,
       the final meta-test metric with a 95% confidence interval over seeds, cost per iteration;
@@ -21,7 +26,9 @@ are kept and labelled with their status. Writes into `<sweep_dir>/report/` (or `
 import argparse
 import json
 import math
+import re
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -75,21 +82,68 @@ def read_jsonl(path):
     return pd.DataFrame(rows)
 
 
-def load_run(run_dir):
+STALE_MIN_SECONDS = 60           # a `running` run silent for less is never stale
+STALE_UNKNOWN_SECONDS = 15 * 60  # the limit before a run has shown how long its checkpoint interval takes
+
+
+def load_run(run_dir, now=None):
     overrides = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    except ValueError:  # hand-edited or foreign: report the run without it
+        summary = {}
     config_path = run_dir / ".hydra" / "config.yaml"
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    status, error = summary.get("status", "no summary (not started or crashed)"), summary.get("error", "")
+    if status == "running":
+        silent, limit = staleness(run_dir, summary, metrics, now)
+        if silent > limit:
+            status = "stale"
+            error = (f"says running, but nothing written for {duration(silent)} (limit {duration(limit)}); killed? "
+                     f"last checkpoint at iteration {summary.get('checkpoint_iteration') or 0}: "
+                     f"metarun resume=true run_dir={run_dir}")
     return {
         "dir": run_dir,
         "job": run_dir.name,
         "overrides": dict(o.lstrip("+~").split("=", 1) if "=" in o else (o, "") for o in overrides),
-        "status": summary.get("status", "no summary (not started or crashed)"),
-        "error": summary.get("error", ""),
+        "status": status,
+        "error": error,
         "summary": summary,
-        "metrics": read_jsonl(run_dir / "metrics.jsonl"),
+        "metrics": metrics,
         "config": OmegaConf.load(config_path) if config_path.is_file() else None,
     }
+
+
+def staleness(run_dir, summary, metrics, now=None):
+    """(seconds since the run last wrote, the silence after which it is stale).
+
+    The limit is two of the run's own checkpoint intervals (wall seconds between its last two
+    checkpoints, evaluations included, from summary.json; else estimated from the training time
+    per iteration in metrics.jsonl), and at least STALE_MIN_SECONDS.
+    """
+    now = time.time() if now is None else now
+    written = [p.stat().st_mtime for p in (run_dir / "summary.json", run_dir / "metrics.jsonl", run_dir / "checkpoint.pt")
+               if p.is_file()]
+    silent = now - max(written) if written else 0.0
+    interval = summary.get("checkpoint_seconds")
+    if interval is None and not metrics.empty and {"iteration", "time"} <= set(metrics.columns):
+        last = metrics.iloc[-1]
+        if last["iteration"] > 0 and last["time"] > 0:
+            interval = last["time"] / last["iteration"] * summary.get("checkpoint_every", 1000)
+    limit = max(2 * interval, STALE_MIN_SECONDS) if interval else STALE_UNKNOWN_SECONDS
+    return silent, limit
+
+
+def duration(seconds):
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def declared_sweep(sweep_dir):
@@ -279,6 +333,59 @@ def plot_contraction(groups, path, dpi=90):
     return path
 
 
+def steps_curve(group, metric):
+    """DataFrame indexed by inner steps at test time: mean and 95% CI over the group's completed runs.
+
+    With a single run the band is that run's own CI over its evaluation tasks.
+    """
+    per_run = []
+    for r in group:
+        if r["status"] != "completed":
+            continue
+        steps = {int(m.group(1)): v for k, v in r["summary"].items()
+                 if (m := re.fullmatch(rf"test/{metric}_step(\d+)", k)) and isinstance(v, (int, float))}
+        if steps:
+            per_run.append((steps, r["summary"]))
+    if not per_run:
+        return None
+    ks = sorted(set.intersection(*(set(steps) for steps, _ in per_run)))
+    rows = []
+    for k in ks:
+        values = [steps[k] for steps, _ in per_run]
+        ci = t_ci95(values) if len(values) > 1 else per_run[0][1].get(f"test/{metric}_step{k}_ci95")
+        rows.append({"steps": k, "mean": sum(values) / len(values), "ci95": ci if ci is not None else 0.0, "n": len(values)})
+    return pd.DataFrame(rows).set_index("steps") if rows else None
+
+
+def plot_test_steps(groups, metrics, path, dpi=90):
+    """Final meta-test metrics against the number of inner steps at test time, one panel per metric."""
+    panels = {}
+    for metric in metrics:
+        curves = {label: steps_curve(g, metric) for label, g in groups.items()}
+        curves = {k: v for k, v in curves.items() if v is not None and not v.empty}
+        if curves:
+            panels[metric] = curves
+    if not panels:
+        return None
+    styles = line_styles(list(groups))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.4), dpi=dpi, squeeze=False)
+    for ax, (metric, curves) in zip(axes[0], panels.items()):
+        for label, c in curves.items():
+            color, linestyle = styles[label]
+            ax.plot(c.index, c["mean"], marker="o", ms=3, color=color, linestyle=linestyle,
+                    label=f"{label} (n={int(c['n'].max())})" if ax is axes[0, 0] else None)
+            ax.fill_between(c.index, c["mean"] - c["ci95"], c["mean"] + c["ci95"], color=color, alpha=0.2, linewidth=0)
+        ax.set_xlabel("inner steps at test time")
+        ax.set_ylabel(f"meta-test {metric}")
+        ax.grid(alpha=0.3)
+    fig.suptitle("meta-test after k inner steps: mean over seeds, band = 95% CI", fontsize=10)
+    fig.legend(loc="lower center", ncol=min(4, len(groups)), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.05 * math.ceil(len(groups) / 4), 1, 1))
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------- table
 
 def eval_metric(runs):
@@ -390,6 +497,10 @@ def log_to_wandb(sweep_dir, runs, figures, table, markdown):
 def report(sweep_dir, out=None, metric=None, target=None, smooth=5, wandb_flag=False, dpi=90):
     sweep_dir = Path(sweep_dir)
     runs = [load_run(d) for d in job_dirs(sweep_dir)]
+    if all(r["metrics"].empty for r in runs):
+        which = f"the run {sweep_dir} has not" if len(runs) == 1 else f"none of the {len(runs)} runs in {sweep_dir} has"
+        raise ReportError(f"nothing to report: {which} logged any metrics (metrics.jsonl is missing or empty); "
+                          f"status: {status_text(runs)}")
     out = Path(out) if out else sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     expected, declared = declared_sweep(sweep_dir)
@@ -411,6 +522,8 @@ def report(sweep_dir, out=None, metric=None, target=None, smooth=5, wandb_flag=F
     if "train/grad_sq_mean" in known:  # stationarity: the running mean of ||meta-gradient||^2 (MAML, ANIL)
         figures.append(plot_metric(groups, "train/grad_sq_mean", out / "grad_sq_mean.png",
                                    "running mean of the squared meta-gradient norm", 1, logy=True, dpi=dpi))
+    figures.append(plot_test_steps(groups, ["return"] if test_metric == "return" else ["loss", "accuracy"],
+                                   out / "test_vs_inner_steps.png", dpi=dpi))
     figures = [f for f in figures if f is not None]
 
     given_target = target
@@ -421,13 +534,17 @@ def report(sweep_dir, out=None, metric=None, target=None, smooth=5, wandb_flag=F
                    "status": r["status"], "error": r["error"],
                    "iteration": int(r["metrics"]["iteration"].max()) if not r["metrics"].empty else 0}
                   for r in runs]).to_csv(out / "runs.csv", index=False)
-    notes = [f"Sweep: `{sweep_dir}`; {len(runs)} runs in {len(groups)} settings (grouped by {', '.join(swept) or 'nothing'}; averaged over seeds)."]
+    notes = [f"Sweep: `{sweep_dir}`; {plural(len(runs), 'run')} in {plural(len(groups), 'setting')} "
+             f"(grouped by {', '.join(swept) or 'nothing'}; averaged over seeds)."]
     if expected is not None and expected > len(runs):
         notes.append(f"**{expected - len(runs)} of {expected} declared jobs have no run dir (never started).**")
     bad = [r for r in runs if r["status"] != "completed"]
     for r in bad:
         setting = ",".join(f"{k}={r['overrides'].get(k)}" for k in swept)
         notes.append(f"- job {r['job']} ({setting}, seed {r['overrides'].get('seed', '-')}): **{r['status']}** {r['error']}".rstrip())
+    for r in runs:
+        if r["metrics"].empty:
+            notes.append(f"- job {r['job']}: no metrics logged (no metrics.jsonl)")
     if target is not None:
         how = "given by --target" if given_target is not None else "default: the worst final level among the settings"
         smoothing = f", rolling mean of {smooth} logged points" if smooth > 1 else ""
@@ -469,7 +586,8 @@ def main(argv=None):
         print(f"metarun-report: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(result["markdown"])
-    print(f"metarun-report: wrote {', '.join(p.name for p in result['figures'])}, summary.md, summary.csv, runs.csv to {result['out']}")
+    written = [p.name for p in result["figures"]] + ["summary.md", "summary.csv", "runs.csv"]
+    print(f"metarun-report: wrote {', '.join(written)} to {result['out']}")
 
 
 if __name__ == "__main__":

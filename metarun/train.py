@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from metarun import checkpoint
+from metarun import checkpoint, threads
 from metarun.algos import SelfEvaluating
 from metarun.checkpoint import atomic_write
 from metarun.config import ConfigError, DataError, resolve_device, validate
@@ -31,7 +31,7 @@ class NonFiniteLoss(RuntimeError):
 
 def build(cfg):
     """Task family, model, outer optimizer and algorithm for `cfg`, seeded."""
-    if cfg.get("threads"):
+    if isinstance(cfg.get("threads"), int):
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.get("device", "cpu"))
     torch.manual_seed(cfg.seed)
@@ -41,6 +41,7 @@ def build(cfg):
     model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim).to(device)
     optimizer = _instantiate(cfg.optim)(model.parameters())
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
+    threads.apply(cfg, task, model, algo)  # threads=auto looks at the workload (metarun/threads.py)
     if isinstance(task, RLTaskFamily) and not isinstance(algo, SelfEvaluating):
         raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, half_cheetah_dir)")
     return task, model, optimizer, algo
@@ -72,7 +73,20 @@ def selection_metric(metrics):
 
 
 def write_summary(run_dir, summary):
+    summary["updated_at"] = round(time.time(), 3)  # metarun-report flags a `running` run that stopped writing as stale
     atomic_write(Path(run_dir) / "summary.json", lambda f: f.write(json.dumps(summary, indent=2).encode()))
+
+
+# Progress-bar names for algo choices whose upper-cased name reads wrong.
+ALGO_NAMES = {"reptile": "Reptile", "maml_rl": "MAML-RL"}
+
+
+def algo_name(cfg):
+    """The algorithm as the user chose it (algo=anil -> ANIL, though the class is MAML)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice = HydraConfig.get().runtime.choices.get("algo") if HydraConfig.initialized() else None
+    return ALGO_NAMES.get(choice, choice.upper()) if choice else cfg.algo._target_.split(".")[-1]
 
 
 def write_config(run_dir, cfg):
@@ -146,11 +160,18 @@ def run(cfg, run_dir, group=None, name=None):
             best = checkpoint.load(best_path)["best"]
     write_config(run_dir, cfg)
 
-    print(f"metarun: writing to {run_dir}", flush=True)
+    if cfg.resume:
+        print(f"metarun: resuming {run_dir} from iteration {start} of {cfg.iterations}", flush=True)
+    else:
+        print(f"metarun: writing to {run_dir}", flush=True)
     loggers = Loggers(cfg, run_dir, group, name, start if cfg.resume else None)
-    summary = {"status": "running", "iteration": start, "run_dir": str(run_dir), "name": name, "group": group,
+    summary = {"status": "running", "iteration": start, "checkpoint_iteration": start if cfg.resume else None,
+               "run_dir": str(run_dir), "name": name, "group": group,
+               "threads": torch.get_num_threads(), "threads_reason": threads.last["reason"],
+               "started_at": round(time.time(), 3), "checkpoint_every": cfg.checkpoint_every,
                "provenance": provenance(next(model.parameters()).device)}
     write_summary(run_dir, summary)
+    last_checkpoint = time.perf_counter()
 
     def evaluation(split, prefix):
         # An algorithm with its own evaluation (RL: returns from fresh rollouts) provides `evaluate`.
@@ -170,11 +191,18 @@ def run(cfg, run_dir, group=None, name=None):
         return metrics
 
     def save(iteration):
+        nonlocal last_checkpoint
         checkpoint.save(ckpt_path, {
             "iteration": iteration, "time": train_time, "oracle": oracle,
             "model": model.state_dict(), "algo": algo.state_dict(), **rng_state(generator),
             "config": fingerprint(cfg),
         })
+        # The summary says where the run stands even after a kill: the checkpointed iteration, and
+        # how long a checkpoint interval takes (evaluations included), by which a silent run is stale.
+        now = time.perf_counter()
+        summary.update(iteration=iteration, checkpoint_iteration=iteration, checkpoint_seconds=round(now - last_checkpoint, 3))
+        last_checkpoint = now
+        write_summary(run_dir, summary)
 
     def record(iteration, metrics):
         row = {"iteration": iteration, "time": round(train_time, 4), **metrics}
@@ -184,18 +212,20 @@ def run(cfg, run_dir, group=None, name=None):
         loggers.log(row)
 
     last_good = start if cfg.resume else None
+    done = start  # the last completed iteration
     status = "failed"
     try:
         if start == 0:
             record(0, validation(0))
         bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations,
-                   disable=not cfg.progress, desc=cfg.algo._target_.split('.')[-1], dynamic_ncols=True,
+                   disable=not cfg.progress, desc=algo_name(cfg), dynamic_ncols=True,
                    mininterval=1.0)
         for it in bar:
             t0 = time.perf_counter()
             batch = task.sample(cfg.meta_batch_size, generator, "train")
             metrics = algo.step(batch)
             train_time += time.perf_counter() - t0
+            done = it
             if not all(math.isfinite(v) for v in metrics.values()):
                 bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
                 kept = f"the last good checkpoint ({ckpt_path}, iteration {last_good}) is kept" if last_good is not None else "no checkpoint was written yet"
@@ -232,13 +262,15 @@ def run(cfg, run_dir, group=None, name=None):
         status = "completed"
         return summary
     except NonFiniteLoss as e:
-        summary.update(status="failed", error=str(e))
+        summary.update(status="failed", error=str(e), iteration=done)
         raise
     except KeyboardInterrupt:
-        summary.update(status="interrupted", error="interrupted by the user; continue with resume=true")
+        summary.update(status="interrupted", iteration=done,
+                       error=f"interrupted by the user at iteration {done}; resume=true run_dir={run_dir} continues "
+                             f"from the checkpoint at iteration {last_good if last_good is not None else 0}")
         raise
     except Exception as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}", iteration=done)
         raise
     finally:
         write_summary(run_dir, summary)

@@ -6,7 +6,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The data-dependent tests use the Omniglot alphabets under $METARUN_DATA (as metarun itself
+# does), else ../shared/data beside the repository.
+SHARED_DATA = Path(os.environ.get("METARUN_DATA") or REPO.parent / "shared" / "data").expanduser().absolute()
+OMNIGLOT = SHARED_DATA / "omniglot-py" / "images_background"
+# Fixtures that need the data; tests that need it otherwise are marked @pytest.mark.needs_data.
+DATA_FIXTURES = {"shared_data", "tiny_run"}
 
 import torch
 
@@ -16,13 +21,41 @@ torch.set_num_threads(1)
 
 
 def run_metarun(*args, cwd, env=None, timeout=600, command="metarun"):
-    """Run a console script as a user would; returns the CompletedProcess."""
+    """Run a console script as a user would; returns the CompletedProcess. `env` values of None unset a variable."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     return subprocess.run([command, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_data: needs the Omniglot data under $METARUN_DATA or ../shared/data")
+
+
+def needs_data(item):
+    return bool(DATA_FIXTURES & set(getattr(item, "fixturenames", ()))) or item.get_closest_marker("needs_data") is not None
+
+
+def data_line(n, present):
+    where = f"{OMNIGLOT} ({'METARUN_DATA' if os.environ.get('METARUN_DATA') else 'default ../shared/data; set METARUN_DATA to change'})"
+    if present:
+        return f"metarun data: Omniglot found at {where}: the {n} data-dependent tests run"
+    return f"metarun data: no Omniglot at {where}: the {n} data-dependent tests will skip"
+
+
+def pytest_collection_modifyitems(config, items):
+    selected = [item for item in items if needs_data(item)]
+    present = OMNIGLOT.is_dir()
+    if not present:
+        skip = pytest.mark.skip(reason=f"no Omniglot data at {OMNIGLOT} (set METARUN_DATA)")
+        for item in selected:
+            item.add_marker(skip)
+    config._metarun_data_line = data_line(len(selected), present) if selected else None
+
+
+def pytest_report_collectionfinish(config, start_path, items):
+    return config._metarun_data_line or []
 
 
 @pytest.fixture
 def shared_data():
-    if not (SHARED_DATA / "omniglot-py").is_dir():
-        pytest.skip(f"shared Omniglot data not found at {SHARED_DATA}")
     return SHARED_DATA

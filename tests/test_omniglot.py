@@ -16,10 +16,12 @@ import metarun.tasks.omniglot as omniglot_module
 from metarun.config import ConfigError, DataError
 from metarun.tasks.omniglot import Omniglot
 
+from conftest import SHARED_DATA
+
 # torchvision 0.29 deprecates its image codecs (used here to write fixtures) in favour of TorchCodec.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_shared = pytest.mark.skipif(not (SHARED / "omniglot-py" / "images_background").is_dir(), reason="shared Omniglot data not present")
+SHARED = SHARED_DATA  # $METARUN_DATA, else ../shared/data (tests/conftest.py skips these tests without it)
+needs_shared = pytest.mark.needs_data
 
 
 def character_image(cls, drawer, size=8):

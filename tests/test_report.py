@@ -132,3 +132,81 @@ def test_rl_sweep_reports_returns_where_higher_is_better(tmp_path):
     # A target above every logged return is never reached.
     table = report.summary_table(out["groups"], "train/return", 1.0, 1, "return")[0]
     assert table["iters_to_target"].isna().all()
+
+
+def test_test_metric_against_inner_steps(sweep, tmp_path):
+    """The meta-test loss after k inner steps, mean and 95% CI over seeds, from each run's summary.json."""
+    out = report.report(sweep, out=tmp_path, smooth=1)
+    assert "4 runs in 2 settings" in out["markdown"]
+    group = out["groups"]["algo.inner_steps=2"]
+    curve = report.steps_curve(group, "loss")
+    assert list(curve.index) == [0, 1, 2]  # eval_steps=2
+    for k in (0, 1, 2):
+        values = [json.loads((r["dir"] / "summary.json").read_text())[f"test/loss_step{k}"] for r in group]
+        assert curve.loc[k, "mean"] == pytest.approx(sum(values) / 2)
+        assert curve.loc[k, "ci95"] == pytest.approx(12.706 * abs(values[0] - values[1]) / 2, rel=1e-6)
+    assert report.steps_curve(group, "accuracy") is None  # regression: no accuracy
+    path = tmp_path / "test_vs_inner_steps.png"
+    assert path in out["figures"]
+    with Image.open(path) as image:
+        image.verify()
+
+
+def test_one_run_report_uses_its_own_ci_and_singular_grammar(sweep, tmp_path):
+    run = sorted(p for p in sweep.iterdir() if p.name.isdigit())[0]
+    out = report.report(run, out=tmp_path, smooth=1)
+    assert "1 run in 1 setting (" in out["markdown"]
+    summary = json.loads((run / "summary.json").read_text())
+    curve = report.steps_curve(out["runs"], "loss")
+    assert curve.loc[1, "mean"] == summary["test/loss_step1"] and curve.loc[1, "ci95"] == summary["test/loss_step1_ci95"]
+
+
+def test_running_run_that_stopped_writing_is_stale(sweep, tmp_path):
+    """A run killed hard stays `running` in its summary; the report calls it stale once it has been
+    silent for longer than two of its own checkpoint intervals (at least a minute)."""
+    import os
+    import time
+
+    run = tmp_path / "run"
+    shutil.copytree(sorted(p for p in sweep.iterdir() if p.name.isdigit())[0], run)
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(status="running", checkpoint_iteration=2, checkpoint_seconds=100.0)
+    (run / "summary.json").write_text(json.dumps(summary))
+    now = time.time()
+
+    def silent_for(seconds):
+        for p in run.iterdir():
+            os.utime(p, (now - seconds, now - seconds))
+        return report.load_run(run, now=now)
+
+    assert silent_for(150)["status"] == "running"        # within 2 x 100 s
+    stale = silent_for(250)
+    assert stale["status"] == "stale" and "nothing written for 4.2 min (limit 3.3 min)" in stale["error"]
+    assert f"last checkpoint at iteration 2: metarun resume=true run_dir={run}" in stale["error"]
+    summary["checkpoint_seconds"] = 1.0                   # fast checkpoints: the one-minute floor
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert silent_for(50)["status"] == "running" and silent_for(70)["status"] == "stale"
+    # No checkpoint yet: the interval is estimated from the training time per iteration in metrics.jsonl.
+    del summary["checkpoint_seconds"]
+    summary["checkpoint_every"] = 1000
+    (run / "summary.json").write_text(json.dumps(summary))
+    last = jsonl(run / "metrics.jsonl")[-1]
+    estimate = last["time"] / last["iteration"] * 1000
+    assert report.staleness(run, summary, report.read_jsonl(run / "metrics.jsonl"), now)[1] == pytest.approx(max(2 * estimate, 60))
+    silent_for(2 * estimate + 61)
+    out = report.report(run, out=tmp_path / "report", smooth=1)
+    assert out["runs"][0]["status"] == "stale" and "**stale**" in out["markdown"]
+
+
+def test_runs_without_metrics_are_one_line_exit_2(sweep, tmp_path, capsys):
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    for job in copy.iterdir():
+        if job.is_dir():
+            (job / "metrics.jsonl").unlink(missing_ok=True)
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(copy)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"metarun-report: error: nothing to report: none of the 4 runs in {copy} "
+                                                   "has logged any metrics")
