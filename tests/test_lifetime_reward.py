@@ -284,3 +284,93 @@ def test_truncated_meta_gradient_and_value_targets_equal_an_explicit_unrolled_lo
     torch.testing.assert_close(policy_loss, total / count, rtol=1e-9, atol=1e-12)
     for got, want in zip(grads, expected):
         torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-10)
+
+
+def test_a_lifetime_that_ends_restarts_with_a_fresh_policy_and_an_empty_history():
+    algo = make_algo("random_abc", {"lifetime_episodes": 2, "horizon": 3}, reward="learned", unroll=2, segment=3, stagger=False)
+    algo.meta_batch = 3
+    algo.life = algo.start()
+    restarts = 0
+    for _ in range(4):
+        seeds = algo.life["env"].seeds.clone()
+        _, _, data = algo.meta_loss(algo.life)
+        env = algo.life["env"]
+        ended = torch.stack([t["lifetime_end"].any(1) for t in [data["window"][0]]]).any(0)
+        changed = env.seeds != seeds
+        restarts += int(changed.sum())
+        # A new lifetime's clock counts from its own start: at most the segments collected since.
+        assert torch.all(env.clock[changed] <= algo.segment * algo.unroll)
+        assert torch.all(env.episode[changed] <= algo.task.episodes) and not torch.any(ended & ~changed & env.alive)
+    assert restarts > 0 and algo.life["env"].alive.all()
+    fresh = algo.fresh_policy(torch.tensor([5, 5, 6]))
+    assert torch.equal(fresh["w0"][0], fresh["w0"][1]) and not torch.equal(fresh["w0"][0], fresh["w0"][2])
+    assert fresh["w0"].abs().max() <= 1 / math.sqrt(algo.task.states) and torch.all(fresh["b0"] == 0)
+
+
+def test_baselines_have_nothing_to_meta_train_and_evaluate_once():
+    algo = make_algo(reward="count", task_options={"lifetime_episodes": 3})
+    before = [p.clone() for p in algo.model.parameters()]
+    assert algo.step(algo.task.sample(4, torch.Generator().manual_seed(0))) == {} and algo.oracle_calls(4) == {}
+    assert all(torch.equal(a, b) for a, b in zip(before, algo.model.parameters()))
+    first = algo.evaluate("val", 5, 0, 1, 5)
+    assert first["return"].shape == (1, 5) and algo.evaluate("val", 5, 0, 1, 5) is first
+
+
+LIFETIME_FAST = ["+experiment=lifetime_random_abc", "iterations=12", "eval_every=4", "log_every=2", "checkpoint_every=4",
+                 "eval_tasks=4", "meta_batch_size=4", "task.lifetime_episodes=3", "task.horizon=6", "algo.segment=4",
+                 "algo.unroll=2", "model.hidden=8"]
+
+
+def test_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch):
+    from test_resume import check_resume_equals_uninterrupted
+
+    full, _ = check_resume_equals_uninterrupted(tmp_path, monkeypatch, LifetimeReward, LIFETIME_FAST, 7)
+    rows = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("train/lifetimes_ended", 0) for r in rows) > 0  # lifetimes restarted during the run
+    assert rows[-1]["train/env_steps"] > 0 and full["status"] == "completed"
+
+
+def test_training_and_evaluation_are_device_clean():
+    from test_device import audited
+
+    for reward in ("learned", "count", "oracle"):
+        algo = make_algo("key_box", {"lifetime_episodes": 2, "horizon": 5}, reward=reward, unroll=2, segment=4)
+        batch = algo.task.sample(3, torch.Generator().manual_seed(0))
+        assert audited(lambda: [algo.step(batch) for _ in range(3)]) == []
+        assert audited(lambda: algo.lifetimes("val", 3, 1, 2, record=True)) == []
+
+
+def test_quick_preset_learns_to_avoid_b_and_beats_its_start(tmp_path):
+    # The Random ABC preset, shortened: 150 meta-iterations (~10 s). The untrained reward leaves the
+    # agent wandering (lifetime return ~0); after meta-training it collects C and A and avoids B.
+    cfg = make_cfg("+experiment=lifetime_random_abc", "iterations=150", "eval_tasks=32", "seed=1", "threads=1")
+    summary = run(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["iteration"] == 0 and rows[-1]["iteration"] == 150
+    assert rows[0]["eval/return"] < 3 and rows[-1]["eval/return"] > 8, (rows[0]["eval/return"], rows[-1]["eval/return"])
+    assert summary["test/return"] > 8 and summary["oracle/outer_grad"] == 150 * 32
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("task.env=mazes", "task.env='mazes' is not allowed: must be one of empty_rooms, random_abc, key_box, nonstationary_abc"),
+    ("algo.unroll=0", "algo.unroll=0 is not allowed: must be an integer >= 1"),
+    ("task.lifetime_episodes=0", "task.lifetime_episodes=0 is not allowed: must be an integer >= 1"),
+    ("algo.reward=curiosity", "algo.reward='curiosity' is not allowed"),
+])
+def test_bad_input_gets_one_line_and_exit_code_2(tmp_path, override, expected):
+    from conftest import run_metarun
+
+    result = run_metarun("+experiment=lifetime_random_abc", override, "iterations=2", cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("metarun: error:")]
+    assert len(errors) == 1 and expected in errors[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # rejected before any run started
+
+
+def test_constructor_rejects_what_the_cli_cannot_see():
+    with pytest.raises(Exception, match="task.env='mazes'"):
+        Gridworld("mazes")
+    with pytest.raises(Exception, match="task.horizon=0"):
+        Gridworld("random_abc", horizon=0)
+    with pytest.raises(Exception, match="algo.unroll=0"):
+        make_algo(unroll=0)
