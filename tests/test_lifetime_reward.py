@@ -374,3 +374,35 @@ def test_constructor_rejects_what_the_cli_cannot_see():
         Gridworld("random_abc", horizon=0)
     with pytest.raises(Exception, match="algo.unroll=0"):
         make_algo(unroll=0)
+
+
+@pytest.mark.slow
+def test_report_builds_the_doc_from_tiny_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tiny = ["iterations=3", "eval_every=3", "eval_tasks=4", "meta_batch_size=4", "task.lifetime_episodes=10", "task.swap_every=3",
+            "algo.segment=4", "algo.unroll=2", "model.hidden=4", "threads=1"]
+    for env in ("empty_rooms", "random_abc", "key_box", "nonstationary_abc"):
+        for seed in (0, 1):
+            run(make_cfg(f"+experiment=lifetime_{env}", f"seed={seed}", *tiny), tmp_path / env / "learned" / f"seed{seed}")
+        for reward in ("extrinsic_ep", "extrinsic_life", "count", "oracle"):
+            run(make_cfg(f"+experiment=lifetime_{env}", f"algo.reward={reward}", *tiny), tmp_path / env / reward)
+    for arm in ("feedforward", "episodic", "no_value"):
+        for seed in (0, 1):
+            run(make_cfg("+experiment=lifetime_ablations", f"ablation={arm}", f"seed={seed}", *tiny), tmp_path / "ablations" / arm / f"seed{seed}")
+    out = tmp_path / "doc" / "lifetime_rewards.md"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "lifetime_report.py"
+    result = subprocess.run([sys.executable, str(script), "--root", str(tmp_path), "--lifetimes", "4", "--chunk", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = out.read_text()
+    for claim in ("beats Extrinsic-EP", "beats Extrinsic-LIFE", "explores until the goal is found", "learns to avoid B",
+                  "fail to open boxes", "changes around the swap"):
+        assert claim in text, claim
+    assert text.count("**reproduced**") + text.count("**not resolved**") + text.count("**contradicted**") >= 12
+    assert "feed-forward reward" in text and "{{" not in text
+    figures = sorted(p.name for p in (out.parent / "lifetime_rewards").glob("*.png"))
+    assert "empty_rooms_intrinsic.png" in figures and "random_abc_ablations.png" in figures and len(figures) >= 9
+    assert (tmp_path / "random_abc" / "learned" / "seed0" / "lifetimes_test.pt").is_file()  # evaluations are cached

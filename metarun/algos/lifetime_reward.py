@@ -303,7 +303,7 @@ class LifetimeReward:
         """Run whole lifetimes from their start with the reward frozen; lifetime extrinsic returns (B,), and a record."""
         life = self.new_lifetimes(lifetimes)
         env, theta = life["env"], life["theta"]
-        log = LifetimeRecord(self.task, len(lifetimes[2]), self.device) if record else None
+        log = LifetimeRecord(self.task, lifetimes[0], lifetimes[1]) if record else None
         total = torch.zeros(len(lifetimes[2]), device=self.device)
         limit = math.ceil(self.task.episodes * self.task.horizon / self.segment)
         for _ in range(limit):

@@ -336,21 +336,24 @@ class HandDesignedReward:
 class LifetimeRecord:
     """What happened in B evaluation lifetimes, episode by episode, for the docs' figures.
 
-    Per lifetime and episode: the extrinsic return, the length, the outcome (the object whose
-    collection ended it: 0..K-1, or -1 for a time-out), the number of distinct cells entered, and
-    the agent's reward summed at each kind of event (collecting object k; K = the key) with its count.
+    Per lifetime: its task's object rewards and cells (`values`, `cells`). Per lifetime and episode: the extrinsic
+    return, the length, the outcome (the object whose collection ended it: 0..K-1, or -1 for a
+    time-out), the number of distinct cells entered, the agent's reward summed at each kind of event
+    (collecting object k; K = the key) with its count, and summed over the other steps with their count.
     Per lifetime, phase (`bins` equal parts of the lifetime) and cell: the agent's reward summed on
     entering the cell, and its count. `add` takes one segment (B, T) at a time.
     """
 
-    def __init__(self, task, b, device, bins=10):
+    def __init__(self, task, values, cells, bins=10):
         e, k, c = task.episodes, task.num_objects, task.n_open
-        self.task, self.bins = task, bins
+        b, device = values.shape[0], values.device
+        self.task, self.bins, self.values, self.cells = task, bins, values, cells
         z = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
         self.episode_return, self.episode_length = z(b, e + 1), z(b, e + 1)  # column e: steps past the last episode (none)
         self.outcome = torch.full((b, e + 1), -1, dtype=torch.long, device=device)
         self.event_reward, self.event_count = z(b, e * (k + 1) + 1), z(b, e * (k + 1) + 1)
         self.cell_reward, self.cell_count = z(b, bins * c), z(b, bins * c)
+        self.step_reward, self.step_count = z(b, e + 1), z(b, e + 1)
         self.entered = torch.zeros(b, e * c + 1, dtype=torch.bool, device=device)
 
     def add(self, traj, rewards):
@@ -367,6 +370,9 @@ class LifetimeRecord:
         slot = torch.where(has_event, ep * (k + 1) + traj["event"].clamp_min(0), torch.full_like(ep, e * (k + 1)))
         self.event_reward.scatter_add_(1, slot, rewards * has_event)
         self.event_count.scatter_add_(1, slot, has_event.to(torch.float32))
+        plain = valid & (traj["event"] < 0)
+        self.step_reward.scatter_add_(1, ep, rewards * plain)
+        self.step_count.scatter_add_(1, ep, plain.to(torch.float32))
         cell = traj["next_state"] % c
         phase = torch.div(ep.clamp_max(e - 1) * self.bins, e, rounding_mode="floor")
         self.cell_reward.scatter_add_(1, phase * c + cell, rewards * vf)
@@ -376,7 +382,8 @@ class LifetimeRecord:
     def result(self):
         task = self.task
         e, k, c, b = task.episodes, task.num_objects, task.n_open, self.outcome.shape[0]
-        return {"episode_return": self.episode_return[:, :e], "episode_length": self.episode_length[:, :e],
+        return {"values": self.values, "cells": self.cells, "episode_return": self.episode_return[:, :e], "episode_length": self.episode_length[:, :e],
+                "step_reward": self.step_reward[:, :e], "step_count": self.step_count[:, :e],
                 "outcome": self.outcome[:, :e], "cells_entered": self.entered[:, :e * c].view(b, e, c).sum(-1).to(torch.float32),
                 "event_reward": self.event_reward[:, :-1].view(b, e, k + 1), "event_count": self.event_count[:, :-1].view(b, e, k + 1),
                 "cell_reward": self.cell_reward.view(b, self.bins, c), "cell_count": self.cell_count.view(b, self.bins, c)}
