@@ -24,9 +24,9 @@ class HistoryNet(nn.Module):
     value function needs (V at the start of each step); the reward needs only the outputs after.
     """
 
-    def __init__(self, input_dim, hidden, recurrent=True, cell="lstm"):
+    def __init__(self, input_dim, hidden, recurrent=True, cell="lstm", bound=None):
         super().__init__()
-        self.recurrent, self.cell_type, self.hidden = recurrent, cell, hidden
+        self.recurrent, self.cell_type, self.hidden, self.bound = recurrent, cell, hidden, bound
         if recurrent:
             rnn = nn.LSTM if cell == "lstm" else nn.GRU
             self.core = rnn(input_dim, hidden, batch_first=True)
@@ -52,7 +52,8 @@ class HistoryNet(nn.Module):
 
     def forward(self, x, state):
         out, state = self.features(x, state)
-        return self.head(out)[..., 0], state
+        y = self.head(out)[..., 0]
+        return (self.bound * torch.tanh(y) if self.bound else y), state
 
     def before_and_after(self, x, state):
         """Outputs at the start of each step (B, T) and after the last step (B,), and the new state (recurrent only)."""
@@ -70,7 +71,7 @@ def reset_state(state, mask):
 class LifetimeRewardNets(nn.Module):
     """`model=lifetime_reward`: the intrinsic reward (`reward`) and the lifetime value (`value`)."""
 
-    def __init__(self, input_shape, output_dim, hidden=32, recurrent=True, cell="lstm", value_hidden=None):
+    def __init__(self, input_shape, output_dim, hidden=32, recurrent=True, cell="lstm", value_hidden=None, reward_bound=None):
         super().__init__()
         if len(input_shape) != 1:
             raise ConfigError("model", "lifetime_reward", f"a task with state-index observations (gridworld); input_shape is {tuple(input_shape)}")
@@ -82,6 +83,9 @@ class LifetimeRewardNets(nn.Module):
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ConfigError(key, value, "an integer >= 1")
         self.input_dim = input_shape[0] + output_dim + 2  # next state, action, extrinsic reward, episode end
-        self.reward = HistoryNet(self.input_dim, hidden, recurrent, cell)
+        if reward_bound is not None and not (isinstance(reward_bound, (int, float)) and not isinstance(reward_bound, bool) and reward_bound > 0):
+            raise ConfigError("model.reward_bound", reward_bound, "null or a number > 0")
+        # reward_bound b: r_eta = b tanh(.), so the reward cannot blow up the agent's steps.
+        self.reward = HistoryNet(self.input_dim, hidden, recurrent, cell, reward_bound)
         # The value always reads the history recurrently: the ablations change the reward only.
         self.value = HistoryNet(self.input_dim + 1, value_hidden or hidden, True, cell)
