@@ -516,25 +516,31 @@ def hyperparameter_block(groups):
     cfgs = {env: g["learned"]["runs"][0]["cfg"] for env, g in groups.items() if "learned" in g}
     if not cfgs:
         return "(no learned runs found)"
-    first = next(iter(cfgs.values()))
+    first = cfgs.get("random_abc", next(iter(cfgs.values())))
     rows = []
     for key, what in [("algo.unroll", "N: inner updates the truncated meta-gradient goes through (one meta-iteration)"),
                       ("algo.segment", "steps of every lifetime per inner update"),
                       ("algo.inner_lr", "alpha: the agent's SGD step (REINFORCE loss summed over the segment)"),
                       ("algo.inner_gamma", "gammabar: the agent's discount (episodic intrinsic return)"),
-                      ("algo.gamma", "gamma: lifetime discount of the extrinsic meta-return (per step)"),
                       ("algo.n_step", "n of the lifetime value's n-step TD targets"),
                       ("algo.policy_hidden", "agent's hidden layers ([]: tabular softmax)"),
-                      ("model.hidden", "LSTM units of the reward (and of the value)"),
+                      ("model.hidden", "LSTM units of the reward"),
                       ("meta_batch_size", "lifetimes per meta-batch"),
-                      ("optim.lr", "Adam step of the reward and value"),
+                      ("model.value_hidden", "LSTM units of the value (null: = model.hidden)"),
                       ("algo.max_grad_norm", "clip of the reward's meta-gradient"),
                       ("algo.count_bonus", "beta of the count-bonus baseline")]:
         rows.append({"setting": f"`{key}`", "value": OmegaConf.select(first, key), "meaning": what})
     table = md_table(rows, ["setting", "value", "meaning"])
-    envs = md_table([{"environment": TITLES[e], "episodes per lifetime": c.task.lifetime_episodes or "default",
-                      "horizon": c.task.horizon or "default"} for e, c in cfgs.items()], ["environment", "episodes per lifetime", "horizon"])
-    return table + "\n\n" + envs
+    from metarun.tasks.gridworld import DEFAULTS
+
+    per_env = []
+    for e, c in cfgs.items():
+        per_env.append({"environment": TITLES[e], "episodes per lifetime": c.task.lifetime_episodes or DEFAULTS[e][1],
+                        "horizon": c.task.horizon or DEFAULTS[e][2], "`algo.gamma`": c.algo.gamma,
+                        "`model.reward_bound`": c.model.reward_bound, "`optim.lr`": c.optim.lr,
+                        "swap every": c.task.swap_every if e == "nonstationary_abc" else ""})
+    envs = md_table(per_env, ["environment", "episodes per lifetime", "horizon", "`algo.gamma`", "`model.reward_bound`", "`optim.lr`", "swap every"])
+    return table + "\n\nPer environment (the presets differ only here):\n\n" + envs
 
 
 def layout_block():

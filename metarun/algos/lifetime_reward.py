@@ -24,7 +24,7 @@ value: the meta-return is cut at the end of the unroll and has no baseline).
 
 The agent is a softmax policy over the gridworld state (`policy_hidden=[]`: linear in the one-hot
 state, i.e. tabular), initialised per lifetime from its seed (metarun.rl.streams), updated by
-REINFORCE on segments of `segment` steps. Lifetimes in training run continuously: each of the B
+REINFORCE on segments of `segment` steps, its returns minus their mean over the segment (`baseline`). Lifetimes in training run continuously: each of the B
 slots starts a new lifetime as soon as its lifetime ends (at a segment boundary), and the first
 lifetimes start staggered across the lifetime so that every meta-batch mixes early and late phases.
 """
@@ -74,6 +74,8 @@ class LifetimeReward:
                   ("algo.objective", objective, objective in ("lifetime", "episodic"), "lifetime or episodic"),
                   ("algo.value", value, isinstance(value, bool), "true or false"),
                   ("algo.stagger", stagger, isinstance(stagger, bool), "true or false"),
+                  ("algo.baseline", baseline, isinstance(baseline, bool), "true or false"),
+                  ("algo.value_coef", value_coef, _num(value_coef) and value_coef >= 0, "a number >= 0"),
                   ("algo.entropy", entropy, _num(entropy) and entropy >= 0, "a number >= 0"),
                   ("algo.count_bonus", count_bonus, _num(count_bonus) and count_bonus >= 0, "a number >= 0"),
                   ("algo.max_grad_norm", max_grad_norm, max_grad_norm is None or (_num(max_grad_norm) and max_grad_norm > 0), "null or a number > 0"),
