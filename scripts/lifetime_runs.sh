@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The runs behind docs/lifetime_rewards.md (issue 12). Each run is its own command, so that a lane of
 # a shared machine can take them one at a time: RUNNER="cpujob --quick" bash scripts/lifetime_runs.sh
-# A run that already completed is skipped. SCALE=quick|full sets the presets' length; SEEDS the seeds.
+# A run that already completed is skipped. SCALE=quick|full sets the presets' length; SEEDS the seeds;
+# ENVS the environments; BASELINES=0 skips the baselines, ABLATIONS=0 the ablations (so that a lane
+# can take a few runs per job: ENVS=key_box SEEDS="2 3 4" BASELINES=0 ABLATIONS=0 ...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNNER=${RUNNER:-}
@@ -17,9 +19,11 @@ run() {  # run <dir> <overrides...>
 }
 
 for env in $ENVS; do
-    for reward in extrinsic_ep extrinsic_life count oracle; do  # nothing to meta-train: evaluated once
-        run "$ROOT/$env/$reward" "+experiment=lifetime_$env" "algo.reward=$reward" iterations=0 eval_every=1
-    done
+    if [ "${BASELINES:-1}" = 1 ]; then
+        for reward in extrinsic_ep extrinsic_life count oracle; do  # nothing to meta-train: evaluated once
+            run "$ROOT/$env/$reward" "+experiment=lifetime_$env" "algo.reward=$reward" iterations=0 eval_every=1
+        done
+    fi
     for seed in $SEEDS; do
         run "$ROOT/$env/learned/seed$seed" "+experiment=lifetime_$env" "scale=$SCALE" "seed=$seed"
     done
