@@ -110,9 +110,9 @@ class Gridworld:
         for r, c in cells:
             moves.append([index.get((r + dr, c + dc), index[(r, c)]) for dr, dc in MOVES])
         self.next_cell = torch.tensor(moves, dtype=torch.long, device=self.device)  # (n_open, 4)
-        # Goals of empty_rooms: any open cell but the start.
         self.distance = self._distances(moves)  # (n_open, n_open) shortest-path lengths, for the hand-designed reward
         self.swap_mask = torch.tensor([True, False, True], device=self.device)  # the objects a swap negates: A, C
+        # Goals of empty_rooms: any open cell but the start.
         self.goal_cells = torch.tensor([i for i in range(self.n_open) if i != self.start], dtype=torch.long, device="cpu")
 
     def _distances(self, moves):
