@@ -3,7 +3,7 @@
 # a shared machine can take them one at a time: RUNNER="cpujob --quick" bash scripts/lifetime_runs.sh
 # A run that already completed is skipped. SCALE=quick|full sets the presets' length; SEEDS the seeds;
 # ENVS the environments; BASELINES=0 skips the baselines, ABLATIONS=0 the ablations (so that a lane
-# can take a few runs per job: ENVS=key_box SEEDS="2 3 4" BASELINES=0 ABLATIONS=0 ...).
+# can take a few runs per job: ENVS=key_box SEEDS="2 3 4" BASELINES=0 ABLATIONS=0 ...); ARMS the ablation arms.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNNER=${RUNNER:-}
@@ -29,7 +29,7 @@ for env in $ENVS; do
     done
 done
 if [ "${ABLATIONS:-1}" = 1 ]; then  # the full arm is the random_abc learned runs above
-    for arm in feedforward episodic no_value; do
+    for arm in ${ARMS:-feedforward episodic no_value}; do
         for seed in $SEEDS; do
             run "$ROOT/ablations/$arm/seed$seed" +experiment=lifetime_ablations "ablation=$arm" "scale=$SCALE" "seed=$seed"
         done
