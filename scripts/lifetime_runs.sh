@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 RUNNER=${RUNNER:-}
 SCALE=${SCALE:-quick}
 SEEDS=${SEEDS:-"0 1 2 3 4"}
-ENVS=${ENVS:-"random_abc empty_rooms key_box nonstationary_abc"}
+ENVS=${ENVS-"random_abc empty_rooms key_box nonstationary_abc"}  # ENVS="" runs no environment (only the ablations)
 ROOT=${ROOT:-outputs/lifetime}
 
 run() {  # run <dir> <overrides...>
