@@ -84,6 +84,7 @@ if not OmegaConf.has_resolver("pick"):
 # Keys absent from a config (a task family's own options) are skipped.
 RULES = {
     "scale": _choice("quick", "full"),  # first: presets interpolate their lengths from it
+    "ablation": _choice("full", "feedforward", "episodic", "no_value"),  # +experiment=lifetime_ablations interpolates from it
     "seed": _int(0),
     "threads": _threads(),
     "iterations": _int(0),
@@ -110,6 +111,15 @@ RULES = {
     "algo.cg_iters": _int(1),
     "algo.ls_max_steps": _int(1),
     "task.horizon": _int(1),
+    "task.env": _choice("empty_rooms", "random_abc", "key_box", "nonstationary_abc"),  # gridworld
+    "task.lifetime_episodes": _int(1),  # gridworld: a lifetime is at least one episode
+    "task.swap_every": _int(1),
+    "algo.reward": _choice("learned", "extrinsic_ep", "extrinsic_life", "count", "oracle"),
+    "algo.unroll": _int(1),  # N: the truncated meta-gradient goes through N >= 1 inner updates
+    "algo.segment": _int(1),
+    "algo.n_step": _int(1),
+    "algo.objective": _choice("lifetime", "episodic"),
+    "algo.value": _bool(),
     "optim.lr": _positive(),
     "optim.weight_decay": _nonnegative(),
     "optim.momentum": _nonnegative(),

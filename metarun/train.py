@@ -43,7 +43,7 @@ def build(cfg):
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
     threads.apply(cfg, task, model, algo)  # threads=auto looks at the workload (metarun/threads.py)
     if isinstance(task, RLTaskFamily) and not isinstance(algo, SelfEvaluating):
-        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, half_cheetah_dir)")
+        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, half_cheetah_dir), lifetime_reward for gridworld")
     return task, model, optimizer, algo
 
 
