@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The shared data sit beside the main checkout; a git worktree elsewhere points at them with METARUN_TEST_DATA.
+SHARED_DATA = Path(os.environ.get("METARUN_TEST_DATA") or REPO.parent / "shared" / "data")
 
 import torch
 
