@@ -397,3 +397,32 @@ def test_cli_bad_rule_input_is_one_line_and_exit_2(tmp_path, override, expected)
     errors = [line for line in result.stderr.splitlines() if line.startswith("metarun: error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "outputs").exists()
+
+
+# ------------------------------------------------------------------ metarun-report
+
+def test_report_plots_the_learned_per_layer_shares_and_rates(tmp_path):
+    from PIL import Image
+
+    from metarun import report
+
+    sweep = tmp_path / "sweep"
+    result = run_metarun("-m", "task=linear_regression", "model=linear", "algo.adapt_rule=fixed,sparse,meta_sgd", "seed=0,1",
+                         "algo.rule_init=0.001", "algo.rule_lr=0.01", "iterations=4", "log_every=1", "eval_every=4",
+                         "eval_tasks=4", "eval_steps=1", "meta_batch_size=4", "progress=false", f"hydra.sweep.dir={sweep}",
+                         cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = report.report(sweep, out=tmp_path / "report", smooth=1)
+    names = {p.name for p in out["figures"]}
+    assert {"adapted_share.png", "learned_lr.png"} <= names
+    assert Image.open(tmp_path / "report" / "adapted_share.png").size[0] > 100
+    # The curves are the seed means of what the runs logged.
+    assert sorted(out["groups"]) == ["algo.adapt_rule=fixed", "algo.adapt_rule=meta_sgd", "algo.adapt_rule=sparse"]
+    group = out["groups"]["algo.adapt_rule=sparse"]
+    logged = [[json.loads(line) for line in (r["dir"] / "metrics.jsonl").read_text().splitlines()] for r in group]
+    curve = report.seed_average(group, "train/density/body.1.weight")
+    for it in (1, 4):
+        values = [next(x["train/density/body.1.weight"] for x in rows if x["iteration"] == it) for rows in logged]
+        assert curve.loc[it, "mean"] == pytest.approx(sum(values) / 2)
+    # A sweep without learned rules draws neither figure.
+    assert report.plot_adapt_rule({"fixed": out["groups"]["algo.adapt_rule=fixed"]}, "train/density/", tmp_path / "x.png", "") is None
