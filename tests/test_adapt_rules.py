@@ -426,3 +426,19 @@ def test_report_plots_the_learned_per_layer_shares_and_rates(tmp_path):
         assert curve.loc[it, "mean"] == pytest.approx(sum(values) / 2)
     # A sweep without learned rules draws neither figure.
     assert report.plot_adapt_rule({"fixed": out["groups"]["algo.adapt_rule=fixed"]}, "train/density/", tmp_path / "x.png", "") is None
+
+
+@pytest.mark.parametrize("preset", ["learned_subsets_linreg", "learned_subsets_omniglot"])
+def test_presets_compose_and_every_swept_arm_is_valid(preset):
+    from metarun.cli import precheck
+
+    for scale in ("quick", "full"):
+        precheck(["-m", f"+experiment={preset}", f"scale={scale}"])  # composes and validates every sweep value
+    arms = make_cfg(f"+experiment={preset}").arms
+    for arm in arms:
+        cfg = make_cfg(f"+experiment={preset}", f"arm={arm}")
+        assert cfg.algo.adapt_rule == arms[arm].adapt_rule and list(cfg.algo.adapt) == list(arms[arm].adapt)
+        validate(cfg)
+    if preset.endswith("omniglot"):
+        cfg = make_cfg(f"+experiment={preset}", "episode=20w1s")
+        assert (cfg.task.ways, cfg.meta_batch_size) == (20, 16)
