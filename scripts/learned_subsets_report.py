@@ -2,7 +2,7 @@
 
     python scripts/learned_subsets_report.py                       # run both sweeps (quick scale), then the doc
     python scripts/learned_subsets_report.py --skip-runs           # only rebuild the doc from the sweeps on disk
-    python scripts/learned_subsets_report.py --only linreg         # one study (the other must be on disk)
+    python scripts/learned_subsets_report.py --only linreg --no-doc  # run one study's sweep only
 
 Each sweep runs as a user would: `metarun -m +experiment=learned_subsets_<study> scale=<scale>
 hydra.sweep.dir=<work-dir>/<study> hydra.launcher.n_jobs=1` (one job at a time: run it under
@@ -420,12 +420,15 @@ def main():
     parser.add_argument("--data", default=os.environ.get("METARUN_DATA"), help="root of omniglot-py (default $METARUN_DATA)")
     parser.add_argument("--only", choices=list(STUDIES), default=None, help="run only this study's sweep")
     parser.add_argument("--skip-runs", action="store_true", help="use the sweeps already in --work-dir")
+    parser.add_argument("--no-doc", action="store_true", help="only run the sweeps")
     args = parser.parse_args()
     work = Path(args.work_dir)
     if not args.skip_runs:
         for study in ([args.only] if args.only else STUDIES):
             extra = [f"task.root={args.data}"] if study == "omniglot" and args.data else []
             run_sweep(study, args.scale, work / study, extra)
+    if args.no_doc:
+        return
     figures = REPO / "docs" / "learned_subsets"
     figures.mkdir(parents=True, exist_ok=True)
     blocks = {"scale": args.scale}
