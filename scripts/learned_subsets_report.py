@@ -210,11 +210,20 @@ def linreg_section(sweep_dir, figures_dir):
         figs.append(plot_masks(masks, figures_dir / "linreg_masks.png"))
     notes = [f"- job {r['job']} ({r['arm']}, seed {r['seed']}): **{r['status']}** {r['error']}" for r in bad]
     cfg = runs[0]["config"]
+    seeds = sorted({r["seed"] for r in runs})
+    missing = [a for a in ARMS if a not in arms]
+    n_seeds = len(str(cfg.scales[cfg.scale].seeds).split(","))
+    walls = [r["summary"]["wall_time"] for r in done]
+    partial = (f" **Not run** (the compute budget of this branch): arms {', '.join(missing)}, and seeds beyond "
+               f"{', '.join(map(str, seeds))} of the preset's {cfg.scales[cfg.scale].seeds}: the full quick-scale sweep is "
+               "`cpujob -- python scripts/learned_subsets_report.py --only linreg --no-doc` "
+               f"(measured here: {sum(walls) / len(walls):.0f} s of wall time per run on one thread, {len(ARMS) * n_seeds} runs)."
+               if missing or len(seeds) < n_seeds else "")
     return {
-        "linreg_protocol": (f"{len(runs)} runs: arms {', '.join(arms)} x seeds {', '.join(sorted({str(r['seed']) for r in runs}))}; "
+        "linreg_protocol": (f"{len(runs)} runs: arms {', '.join(arms)} x seeds {', '.join(map(str, seeds))}; "
                             f"{int(cfg.iterations)} meta-iterations, meta-batch {cfg.meta_batch_size}, N = {cfg.algo.inner_steps} "
                             f"inner steps of alpha = {cfg.algo.inner_lr} with L2 {cfg.algo.inner_l2}, Adam {cfg.optim.lr}; "
-                            f"meta-test on {cfg.eval_tasks} fixed tasks after N steps; one thread per run"),
+                            f"meta-test on {cfg.eval_tasks} fixed tasks after N steps; one thread per run.{partial}"),
         "linreg_table": table + ("\n\n" + "\n".join(notes) if notes else ""),
         "linreg_verdicts": verdict_table,
         "linreg_why": why_table,
@@ -289,7 +298,23 @@ def layer_values(run, prefix):
     return out
 
 
+OMNIGLOT_COMMAND = ("cpujob -- metarun -m +experiment=learned_subsets_omniglot threads=1 progress=false hydra.launcher.n_jobs=1 "
+                    "task.root=$METARUN_DATA hydra.sweep.dir=outputs/learned_subsets/omniglot")
+
+
+def omniglot_not_run(sweep_dir):
+    """The blocks of section 2 when its sweep is not on disk: say so, and how to run it."""
+    why = (f"none: **the Omniglot sweep has not been run** (no {sweep_dir.name}/ under the work dir), so this section "
+           f"has no numbers and no verdicts. Run it with `{OMNIGLOT_COMMAND}` (10 runs: 5 arms x 5w1s, 20w1s, seed 0), then "
+           "`python scripts/learned_subsets_report.py --skip-runs`")
+    return {"omniglot_protocol": why, "omniglot_table": "(not run)", "omniglot_verdicts": "(not run)", "omniglot_shares": "(not run)",
+            "omniglot_rates": "(not run)", "omniglot_early_layers": "(not run: the claim is not checked here)",
+            "omniglot_figures": "(not run)"}
+
+
 def omniglot_section(sweep_dir, figures_dir, cache_path):
+    if not sweep_dir.is_dir():
+        return omniglot_not_run(sweep_dir)
     runs, bad = load_sweep(sweep_dir)
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     done = [r for r in runs if r["status"] == "completed"]
