@@ -69,6 +69,8 @@ def run_sweep(study, scale, sweep_dir, extra):
 def load_sweep(sweep_dir):
     runs = [mr.load_run(d) for d in mr.job_dirs(sweep_dir)]
     for r in runs:
+        # a run launched alone with the preset's default scale groups with the sweep's runs of that scale
+        r["overrides"].setdefault("scale", str(r["config"].get("scale", "quick")))
         r["arm"] = r["overrides"].get("arm", "maml")
         r["episode"] = r["overrides"].get("episode", "5w1s")
         r["seed"] = int(r["overrides"].get("seed", 0))
@@ -214,16 +216,17 @@ def linreg_section(sweep_dir, figures_dir):
     missing = [a for a in ARMS if a not in arms]
     n_seeds = len(str(cfg.scales[cfg.scale].seeds).split(","))
     walls = [r["summary"]["wall_time"] for r in done]
-    partial = (f" **Not run** (the compute budget of this branch): arms {', '.join(missing)}, and seeds beyond "
+    partial = (f"; **not run** (the compute budget of this branch): arms {', '.join(missing)}, and seeds beyond "
                f"{', '.join(map(str, seeds))} of the preset's {cfg.scales[cfg.scale].seeds}: the full quick-scale sweep is "
                "`cpujob -- python scripts/learned_subsets_report.py --only linreg --no-doc` "
-               f"(measured here: {sum(walls) / len(walls):.0f} s of wall time per run on one thread, {len(ARMS) * n_seeds} runs)."
+               f"(measured here: {sum(walls) / len(walls):.0f} s of wall time per run on one thread while other jobs shared the 2 cores; "
+               f"{len(ARMS) * n_seeds} runs)"
                if missing or len(seeds) < n_seeds else "")
     return {
         "linreg_protocol": (f"{len(runs)} runs: arms {', '.join(arms)} x seeds {', '.join(map(str, seeds))}; "
                             f"{int(cfg.iterations)} meta-iterations, meta-batch {cfg.meta_batch_size}, N = {cfg.algo.inner_steps} "
                             f"inner steps of alpha = {cfg.algo.inner_lr} with L2 {cfg.algo.inner_l2}, Adam {cfg.optim.lr}; "
-                            f"meta-test on {cfg.eval_tasks} fixed tasks after N steps; one thread per run.{partial}"),
+                            f"meta-test on {cfg.eval_tasks} fixed tasks after N steps; one thread per run{partial}"),
         "linreg_table": table + ("\n\n" + "\n".join(notes) if notes else ""),
         "linreg_verdicts": verdict_table,
         "linreg_why": why_table,
@@ -429,11 +432,13 @@ def speed_section(bench_path):
         return {"speed": f"(no benchmark file {bench_path}: run scripts/bench_adapt_rules.py with --json)"}
     b = json.loads(bench_path.read_text())
     rows = [{"adapt_rule": r, "median s / iteration": f"{b['median'][r]:.3f}", "x MAML": f"{b['ratio'][r]:.3f}",
+             "min - max s": f"{min(b['seconds'][r]):.3f} - {max(b['seconds'][r]):.3f}",
              "target": {"meta_sgd": "<= 1.10", "sparse": "<= 1.15", "threshold": "<= 1.15"}.get(r, "-"),
              "met": {True: "yes", False: "**no**"}.get(b["met"].get(r), "-")} for r in b["median"]]
     head = (f"conv4, {b['ways']}-way 1-shot, meta-batch {b['meta_batch']}, {b['steps']} inner step, second order; "
-            f"{b['threads']} threads; median of {b['repeats']} steps per rule, the rules taking turns; {b.get('note', '')}")
-    return {"speed": head + "\n\n" + md_table(rows, ["adapt_rule", "median s / iteration", "x MAML", "target", "met"])}
+            f"{b['threads']} threads under `cpujob -n 2` (every other cpujob job paused); median of {b['repeats']} steps per rule "
+            f"after one warm-up, the rules taking turns. {b.get('note', '')}")
+    return {"speed": head + "\n\n" + md_table(rows, ["adapt_rule", "median s / iteration", "min - max s", "x MAML", "target", "met"])}
 
 
 # ------------------------------------------------------------------ main
