@@ -33,6 +33,10 @@ def _fraction():
     return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1), "a number in (0, 1)"
 
 
+def _number():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)), "a number"
+
+
 def _choice(*options):
     return (lambda v: v in options), "one of " + ", ".join(map(str, options))
 
@@ -106,6 +110,9 @@ RULES = {
     "algo.epsilon": _positive(),
     "algo.vmap_chunk": _int(1),
     "algo.compile": _bool(),
+    "algo.adapt_rule": _choice("fixed", "meta_sgd", "sparse", "threshold"),  # metarun.inner_loop.ADAPT_RULES
+    "algo.rule_lr": _positive(),
+    "algo.rule_init": _number(),
     "algo.outer": _choice("trpo", "adam"),
     "algo.trajectories": _int(1),
     "algo.cg_iters": _int(1),
@@ -149,3 +156,7 @@ def validate(cfg):
     adapt = OmegaConf.select(cfg, "algo.adapt")
     if adapt is not None and (len(adapt) == 0 or not all(isinstance(p, str) and p for p in adapt)):
         raise ConfigError("algo.adapt", OmegaConf.to_container(adapt), "a non-empty list of glob patterns such as ['head.*']")
+    rule = OmegaConf.select(cfg, "algo.adapt_rule", default="fixed")
+    if rule != "fixed" and OmegaConf.select(cfg, "algo.inner_steps", default=1) == 0:
+        # A learned rule is trained only through the inner steps; with none it would never change.
+        raise ConfigError("algo.adapt_rule", rule, "fixed when algo.inner_steps=0 (a learned rule is trained through the inner steps)")

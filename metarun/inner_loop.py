@@ -10,7 +10,8 @@ from fnmatch import fnmatchcase
 import torch
 from torch.func import functional_call, grad
 
-from metarun.config import ConfigError
+from metarun.config import ConfigError, DataError
+from metarun.nn.masks import binary_step, threshold_mask
 
 
 def adapted_names(model, patterns):
@@ -114,25 +115,142 @@ class FixedRule(torch.nn.Module):
 
     Adapt rules decide the per-parameter inner learning rates (`learning_rates(params, lr)`, a
     float or a dict for `adapt`); learned rules (Meta-SGD, gradient masks) hold their tensors as
-    parameters of this module, trained by the outer optimizer and saved with the algorithm.
+    parameters of the module, trained by the outer optimizer and saved with the algorithm.
     """
+
+    name = "fixed"
 
     def learning_rates(self, params, lr):
         return lr
 
     def density(self, params):
-        """Share of each adapted tensor that adapts (logged for learned masks; all of it here)."""
+        """What the rule has learned, per adapted tensor, as {metric name: 0-dim tensor} (nothing here)."""
         return {}
 
 
-ADAPT_RULES = ("fixed",)
+class LearnedRule(torch.nn.Module):
+    """One learned tensor per adapted parameter, entry by entry: the common part of the learned rules.
+
+    `rate(name, param, value, lr)` turns the learned tensor `value` of the parameter `param` into
+    its inner learning rates. Rates are computed once per meta-batch from the meta-parameters,
+    outside the per-task vmap, and stay differentiable, so the outer loss trains the rule.
+    `plain` names step at the plain `lr` instead: an output layer zero-initialised for another
+    number of ways (metarun.learner), whose learned tensor was fitted to the trained head's shape.
+    """
+
+    def __init__(self, model, adapted, init):
+        super().__init__()
+        params = dict(model.named_parameters())
+        self.names = list(adapted)
+        # ParameterDict keys cannot contain "."; "/" keeps the checkpoint keys readable.
+        self.values = torch.nn.ParameterDict(
+            {n.replace(".", "/"): torch.nn.Parameter(torch.full_like(params[n].detach(), float(init))) for n in self.names})
+        self.plain = frozenset()
+
+    def value(self, name):
+        return self.values[name.replace(".", "/")]
+
+    def learning_rates(self, params, lr):
+        return {n: lr if n in self.plain else self.rate(n, params[n], self.value(n), lr) for n in self.names}
+
+    def load_trained(self, state, plain=()):
+        """Load a checkpoint's rule tensors in their trained shapes, for evaluation and prediction
+        with another head (`plain`: its zero-initialised tensors). Not for resuming: the outer
+        optimizer keeps the replaced tensors."""
+        own = self.state_dict()
+        if state.keys() != own.keys():
+            raise DataError(f"the checkpoint's adapt rule covers {sorted(state)}, this run's {sorted(own)}")
+        for key, value in state.items():
+            self.values[key.split(".", 1)[1]] = torch.nn.Parameter(value.to(own[key].device, own[key].dtype))
+        self.plain = frozenset(plain)
 
 
-def make_adapt_rule(name, model, adapted, inner_lr, first_order=False):
-    """The `algo.adapt_rule` module for the adapted parameters `adapted` of `model`."""
+class MetaSGD(LearnedRule):
+    """`meta_sgd` (Li, Zhou, Chen and Li, 2017): theta' = theta - alpha * grad, alpha learned entry by entry.
+
+    alpha starts at `algo.inner_lr` everywhere (learn2learn's MetaSGD does the same), so training
+    starts from MAML; it is unconstrained, as in the paper (an entry may learn a negative rate).
+    `algo.inner_lr` then only sets that start (and the rate of `plain` tensors).
+    """
+
+    name = "meta_sgd"
+
+    def rate(self, name, param, alpha, lr):
+        return alpha
+
+    def density(self, params):
+        alphas = {n: self.value(n).detach() for n in self.names}
+        return {**{f"lr/{n}": a.mean() for n, a in alphas.items()}, **{f"lr_abs/{n}": a.abs().mean() for n, a in alphas.items()}}
+
+
+class GradientMask(LearnedRule):
+    """`sparse`, Sparse-MAML (von Oswald et al., 2021): theta' = theta - inner_lr * 1[mu > 0] * grad.
+
+    mu is trained through the plain straight-through estimator (the step's backward is the
+    identity), as in the paper. mu starts at +`algo.rule_init` (default 0.1) everywhere: every mask
+    is open, so training starts from MAML (the paper's code starts from a random half-open mask);
+    with the rule's Adam step `algo.rule_lr` an entry can close after about rule_init / rule_lr
+    meta-iterations of consistent gradient sign.
+    """
+
+    name = "sparse"
+
+    def rate(self, name, param, mu, lr):
+        return lr * binary_step(mu, backward="identity")
+
+    def density(self, params):
+        masks = {n: (self.value(n).detach() > 0) for n in self.names}
+        return _shares(masks)
+
+
+class ThresholdMask(LearnedRule):
+    """`threshold`, Kaleidoscope-style: theta' = theta - inner_lr * 1[|theta| - sigmoid(s) > 0] * grad.
+
+    An entry adapts while its meta-learned magnitude exceeds its learned threshold sigmoid(s);
+    s is trained through Kaleidoscope's bounded estimator (backward tanh of the gradient;
+    metarun.nn.masks.threshold_mask; |theta| is detached there, so theta's own meta-gradient is
+    MAML's). s starts at `algo.rule_init` (default -10: sigmoid = 4.5e-5) everywhere: every mask
+    is open except entries with |theta| < 4.5e-5, such as zero-initialised BatchNorm shifts, which
+    open once the outer loop moves them. Kaleidoscope draws s in [-10, -5], which would start conv4
+    with ~15% of its weights frozen.
+    """
+
+    name = "threshold"
+
+    def rate(self, name, param, s, lr):
+        return lr * threshold_mask(param, s)
+
+    def density(self, params):
+        masks = {n: (params[n].detach().abs() > torch.sigmoid(self.value(n).detach())) for n in self.names}
+        return _shares(masks)
+
+
+def _shares(masks):
+    """Share of each tensor's entries that adapt, and of all of them ("density")."""
+    total = sum(m.sum() for m in masks.values()) / sum(m.numel() for m in masks.values())
+    return {"density": total, **{f"density/{n}": m.float().mean() for n, m in masks.items()}}
+
+
+ADAPT_RULES = ("fixed", "meta_sgd", "sparse", "threshold")
+RULE_INIT = {"meta_sgd": None, "sparse": 0.1, "threshold": -10.0}  # None: algo.inner_lr
+
+
+def make_adapt_rule(name, model, adapted, inner_lr, first_order=False, init=None):
+    """The `algo.adapt_rule` module for the adapted parameters `adapted` of `model`.
+
+    `init` is the learned tensors' starting value (None: the rule's default, `RULE_INIT`).
+    `first_order` is accepted by every rule: detaching the inner gradients does not detach the
+    rates, which enter each step as theta - rate * g, so the outer loss still reaches them
+    (d L_query / d rate = -g * dL_query/dtheta'; with one inner step exactly the second-order
+    gradient). Sparse-MAML's own experiments are first order.
+    """
     if name == "fixed":
         return FixedRule()
-    raise ConfigError("algo.adapt_rule", name, "one of " + ", ".join(ADAPT_RULES))
+    if name not in ADAPT_RULES:
+        raise ConfigError("algo.adapt_rule", name, "one of " + ", ".join(ADAPT_RULES))
+    if init is None:
+        init = inner_lr if RULE_INIT[name] is None else RULE_INIT[name]
+    return next(rule for rule in (MetaSGD, GradientMask, ThresholdMask) if rule.name == name)(model, adapted, init)
 
 
 def _strip(prefix, d):

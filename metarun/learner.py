@@ -37,7 +37,7 @@ from metarun import checkpoint
 from metarun.config import ConfigError, DataError, validate
 from metarun.algos import SelfEvaluating
 from metarun.evaluate import evaluate, summarize
-from metarun.inner_loop import FixedRule, adapt, task_functions
+from metarun.inner_loop import FixedRule, LearnedRule, adapt, task_functions
 from metarun.tasks import ReadsImages
 from metarun.train import build, write_summary
 
@@ -202,10 +202,15 @@ def read_summary(run_dir):
 def load_algo_state(algo, state, zeroed):
     """The algorithm's learned state beside the model (e.g. a learned adapt rule), when the checkpoint has it.
 
-    Skipped when the head was zero-initialised for another number of ways: per-parameter state of
-    the old head would not fit the new one."""
-    if "algo" in state and not zeroed:
+    When the head was zero-initialised for another number of ways, the optimizer state would not
+    fit and is skipped; a learned adapt rule is still loaded (its body masks or rates apply as
+    trained), and the zero-initialised tensors step at the plain inner lr."""
+    if "algo" not in state:
+        return
+    if not zeroed:
         algo.load_state_dict(state["algo"])
+    elif isinstance(getattr(algo, "adapt_rule", None), LearnedRule):
+        algo.adapt_rule.load_trained(state["algo"]["adapt_rule"], plain=zeroed)
 
 
 def _batch_statistics(model):
@@ -284,6 +289,8 @@ class Learner:
             model = instantiate(self.cfg.model, input_shape=self.task.input_shape, output_dim=ways).to(self.device)
         mismatched = restore(model, self.trained_state, self.adapted, f"the support set has {ways} classes; the run's checkpoint")
         self.model, self.zero_init, self.ways = model, mismatched, ways
+        if isinstance(self.adapt_rule, LearnedRule):
+            self.adapt_rule.plain = frozenset(mismatched)  # a new head steps at the plain inner lr
         if mismatched:
             old = self.trained_state[mismatched[0]].shape[0]
             warnings.warn(f"metarun: {zero_init_note(mismatched, old, ways)}", stacklevel=3)
@@ -307,9 +314,9 @@ class Learner:
         prepare, predict = task_functions(self.model, params, self.adapted)
         hs = prepare(x)
         fast = {k: params[k] for k in self.adapted}
-        # A zero-initialised head (another number of ways) steps at the plain inner lr: a learned
-        # rule's per-parameter rates were learned for the trained head's shape.
-        rates = self.inner_lr if self.zero_init else self.adapt_rule.learning_rates(params, self.inner_lr)
+        # The run's adapt rule; a zero-initialised head (another number of ways) is among its `plain`
+        # names, which step at the plain inner lr.
+        rates = self.adapt_rule.learning_rates(params, self.inner_lr)
         self.fast = adapt(lambda p: self.task.loss_fn(predict(p, hs), y), fast, steps, rates, self.inner_l2,
                           first_order=True)
         self.params, self.classes, self.support_x = params, classes, x

@@ -17,6 +17,8 @@ nothing for longer than two of its own checkpoint intervals (at least a minute) 
   test_vs_inner_steps.png
       the final meta-test loss and accuracy (return for RL) against the number of inner steps at
       test time, mean over seeds with a 95% confidence band;
+  adapted_share.png, learned_lr.png (learned adapt rules, algo.adapt_rule)
+      per adapted tensor: the share its learned mask lets adapt, or Meta-SGD's mean learned rate;
   summary.md / summary.csv
       per setting: iterations, seconds and oracle calls to reach `--target` on `--metric`,
       the final meta-test metric with a 95% confidence interval over seeds, cost per iteration;
@@ -386,6 +388,46 @@ def plot_test_steps(groups, metrics, path, dpi=90):
     return path
 
 
+def plot_adapt_rule(groups, prefix, path, ylabel, dpi=90):
+    """Learned adapt rules (algo.adapt_rule): one panel per setting, one line per adapted tensor.
+
+    `prefix` selects the logged per-tensor columns: "train/density/" (the share of each tensor
+    that the learned masks let adapt) or "train/lr/" (Meta-SGD's mean learned rate). Mean over
+    seeds, band +-1 std, against meta-iterations. None when no run logged them.
+    """
+    panels = {}
+    for label, group in groups.items():
+        columns = sorted({c for r in group for c in r["metrics"].columns if c.startswith(prefix)})
+        curves = {c[len(prefix):]: seed_average(group, c) for c in columns}
+        curves = {k: v for k, v in curves.items() if v is not None and not v.empty}
+        if curves:
+            panels[label] = curves
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.0 * nrows), dpi=dpi, squeeze=False, sharey=True)
+    for ax, (label, curves) in zip(axes.flat, panels.items()):
+        colors = plt.cm.viridis([i / max(1, len(curves) - 1) * 0.9 for i in range(len(curves))])
+        for color, (name, c) in zip(colors, curves.items()):
+            ax.plot(c.index, c["mean"], color=color, label=name)
+            ax.fill_between(c.index, c["mean"] - c["std"], c["mean"] + c["std"], color=color, alpha=0.2, linewidth=0)
+        ax.set_title(label, fontsize=7)
+        ax.set_xlabel("meta-iterations", fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=5, frameon=False, ncol=1 + len(curves) // 10)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel, fontsize=7)
+    fig.suptitle(f"{ylabel} per adapted tensor: mean over seeds, band = +-1 std", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 # ---------------------------------------------------------------- table
 
 def eval_metric(runs):
@@ -524,6 +566,8 @@ def report(sweep_dir, out=None, metric=None, target=None, smooth=5, wandb_flag=F
                                    "running mean of the squared meta-gradient norm", 1, logy=True, dpi=dpi))
     figures.append(plot_test_steps(groups, ["return"] if test_metric == "return" else ["loss", "accuracy"],
                                    out / "test_vs_inner_steps.png", dpi=dpi))
+    figures.append(plot_adapt_rule(groups, "train/density/", out / "adapted_share.png", "share that adapts", dpi=dpi))
+    figures.append(plot_adapt_rule(groups, "train/lr/", out / "learned_lr.png", "mean learned inner lr", dpi=dpi))
     figures = [f for f in figures if f is not None]
 
     given_target = target

@@ -7,24 +7,32 @@
 
 ANIL adapts only `head.*`; the body then runs once per task. `first_order=true` detaches the
 inner gradients (FOMAML). `adapt_rule` sets the per-parameter inner learning rates: `fixed`
-(algo.inner_lr everywhere) or a rule the outer loop learns (metarun.inner_loop.make_adapt_rule).
+(algo.inner_lr everywhere) or a rule the outer loop learns with theta (metarun.inner_loop):
+`meta_sgd` (alpha per entry), `sparse` (inner_lr * 1[mu > 0]) or `threshold`
+(inner_lr * 1[|theta| > sigmoid(s)]); `algo.adapt` then names the candidates the rule may adapt.
 """
 import torch
 from torch.func import vmap
 
+from metarun.config import DataError
 from metarun.inner_loop import accuracy, adapt, adapted_names, make_adapt_rule, task_functions
 
 
 class MAML:
     def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, inner_l2=0.0, first_order=False, vmap_chunk=None,
-                 compile=False, adapt_rule="fixed"):
+                 compile=False, adapt_rule="fixed", rule_lr=None, rule_init=None):
         self.model, self.optimizer, self.task, self.vmap_chunk = model, optimizer, task, vmap_chunk
         self.adapted = adapted_names(model, adapt)
         self.inner_steps, self.inner_lr, self.inner_l2, self.first_order = inner_steps, inner_lr, inner_l2, first_order
-        self.adapt_rule = make_adapt_rule(adapt_rule, model, self.adapted, inner_lr, first_order)
+        self.adapt_rule = make_adapt_rule(adapt_rule, model, self.adapted, inner_lr, first_order, rule_init)
         rule_params = list(self.adapt_rule.parameters())
-        if rule_params:  # learned rates or masks: meta-trained by the same outer optimizer
-            optimizer.add_param_group({"params": rule_params})
+        if rule_params:
+            # Learned rates or masks: meta-trained by the same outer optimizer, in their own group
+            # (Sparse-MAML trains its mask with its own learning rate), never weight-decayed.
+            group = {"params": rule_params, **({"lr": rule_lr} if rule_lr is not None else {})}
+            if "weight_decay" in optimizer.defaults:
+                group["weight_decay"] = 0.0
+            optimizer.add_param_group(group)
         # Running sum of ||meta-gradient||^2 over all meta-iterations: its mean is the stationarity
         # measure Ji et al. bound for a nonconvex inner loss, (1/K) sum_k E||grad L(theta_k)||^2.
         self.grad_sq_sum, self.grad_steps = torch.zeros((), dtype=torch.float64), 0
@@ -65,15 +73,21 @@ class MAML:
         self.grad_steps += 1
         metrics["grad_sq_mean"] = self.grad_sq_sum / self.grad_steps
         self.optimizer.step()
+        # What a learned rule has learned (per-layer adapted share, mean rates), logged with the loss.
+        metrics.update(self.adapt_rule.density(dict(self.model.named_parameters())))
         names = list(metrics)
-        values = torch.stack([metrics[k].detach() for k in names]).tolist()  # one device sync per step
-        return {**dict(zip(names, values)), **self.adapt_rule.density(dict(self.model.named_parameters()))}
+        values = torch.stack([metrics[k].detach().to(metrics["loss"].dtype) for k in names]).tolist()  # one device sync per step
+        return dict(zip(names, values))
 
     def state_dict(self):
         return {"optimizer": self.optimizer.state_dict(), "adapt_rule": self.adapt_rule.state_dict(),
                 "grad_sq_sum": self.grad_sq_sum, "grad_steps": self.grad_steps}
 
     def load_state_dict(self, state):
+        saved, own = state["adapt_rule"].keys(), self.adapt_rule.state_dict().keys()
+        if saved != own:  # e.g. mode=eval algo.adapt_rule=sparse on a run trained with another rule
+            raise DataError(f"the checkpoint was trained with another algo.adapt_rule (its rule holds {len(saved)} tensors, "
+                            f"algo.adapt_rule={self.adapt_rule.name} {len(own)}): use the rule the run was trained with")
         self.optimizer.load_state_dict(state["optimizer"])
         self.adapt_rule.load_state_dict(state["adapt_rule"])
         self.grad_sq_sum = state.get("grad_sq_sum", torch.zeros((), dtype=torch.float64))  # absent before grad_norm was logged
@@ -91,6 +105,7 @@ class MAML:
         n = self.inner_steps * meta_batch_size
         dim = sum(p.numel() for name, p in self.model.named_parameters() if name in self.adapted)
         total = sum(p.numel() for p in self.model.parameters())
+        rule = sum(p.numel() for p in self.adapt_rule.parameters())  # the outer gradient also reaches a learned rule
         second = 0 if self.first_order else n
         mixed = second if total > dim else 0
         return {
@@ -101,5 +116,5 @@ class MAML:
             "inner_grad_params": n * dim,
             "second_order_params": second * dim,
             "jacobian_vector_params": meta_batch_size * (total - dim) if mixed else 0,
-            "outer_grad_params": meta_batch_size * total,
+            "outer_grad_params": meta_batch_size * (total + rule),
         }
