@@ -170,7 +170,7 @@ def hydra_main(cfg):
         fail(e, code=1)
     except KeyboardInterrupt:
         fail(f"interrupted; continue with: metarun resume=true run_dir={hc.runtime.output_dir}", code=130)
-    report = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and "_step" not in k}
+    report = {k: v for k, v in summary.items() if k.startswith(("test/", "val/", "lake/error")) and "_step" not in k}
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in report.items()) + f"  time={summary['time']:.1f}s")
     print(f"run dir: {hc.runtime.output_dir}")
     return summary.get("test/loss")
