@@ -28,7 +28,8 @@ def lake_config(task_cfg):
     target = str(task_cfg.get("_target_", ""))
     if not target.endswith("omniglot.Omniglot"):
         raise ConfigError("eval_protocol", "lake", f"only with task=omniglot (the task is {target.rsplit('.', 1)[-1]})")
-    return OmegaConf.merge(task_cfg, LAKE)
+    plain = OmegaConf.create(OmegaConf.to_container(task_cfg, resolve=True))  # not struct: LAKE adds build_splits
+    return OmegaConf.merge(plain, LAKE)
 
 
 def lake_runs(task, per_task, split, num_tasks, seed):

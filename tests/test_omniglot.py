@@ -339,7 +339,7 @@ ALPHABETS = (("images_background", "Alpha", 6), ("images_background", "Beta", 5)
 def coded_image(cls, drawer, size=8):
     image = torch.zeros((1, size, size), dtype=torch.uint8)  # files are inverted on reading: 0 here = 255 stored
     for i, j in ((0, 0), (0, size - 1), (size - 1, 0), (size - 1, size - 1)):
-        image[0, i, j] = 8 * (cls + 1)
+        image[0, i, j] = cls + 1
     image[0, size // 2 - 1 : size // 2 + 1, size // 2 - 1 : size // 2 + 1] = 10 * (drawer + 1)
     image[0, 1:3, 1:3] = 250  # the stroke: top-left when upright
     return 255 - image
@@ -360,7 +360,7 @@ def make_coded_omniglot(root, alphabets=ALPHABETS, drawers=6):
 def decode(x):
     """Episode images (..., 1, 8, 8) -> class ids, drawer ids, quarter turns (counter-clockwise, as rot90)."""
     pixels = (x * 255).round().long()[..., 0, :, :]
-    cls = pixels[..., 0, 0] // 8 - 1
+    cls = pixels[..., 0, 0] - 1
     drawer = pixels[..., 3, 3] // 10 - 1
     corners = torch.stack([pixels[..., 1, 1], pixels[..., 6, 1], pixels[..., 6, 6], pixels[..., 1, 6]], -1)
     return cls, drawer, (corners == 250).float().argmax(-1)
