@@ -11,6 +11,8 @@ splits, drawn as every evaluation set is (`metarun.evaluate`: `eval_tasks` runs 
 validation runs from eval_seed + 1), so every model meets the same runs, whatever `eval_chunk`.
 Held-out alphabets make them Lake's test: new alphabets and, within a run, new drawers.
 """
+from contextlib import contextmanager
+
 import pandas as pd
 from omegaconf import OmegaConf
 
@@ -30,6 +32,18 @@ def lake_config(task_cfg):
         raise ConfigError("eval_protocol", "lake", f"only with task=omniglot (the task is {target.rsplit('.', 1)[-1]})")
     plain = OmegaConf.create(OmegaConf.to_container(task_cfg, resolve=True))  # not struct: LAKE adds build_splits
     return OmegaConf.merge(plain, LAKE)
+
+
+@contextmanager
+def lake_errors():
+    """Say in terms of Lake's runs why a split cannot hold them (the family reports it as task.ways=20)."""
+    try:
+        yield
+    except ConfigError as e:
+        if e.key != "task.ways":
+            raise
+        raise ConfigError("eval_protocol", "lake", "validation and test splits whose alphabets hold 20 characters each "
+                          f"(a run takes 20 characters of one alphabet); here 20 ways are {e.allowed}") from None
 
 
 def lake_runs(task, per_task, split, num_tasks, seed):

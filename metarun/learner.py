@@ -24,6 +24,7 @@ of ways can be adapted to) and everything else loaded; the output says so.
 """
 import json
 import time
+from contextlib import nullcontext
 import warnings
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from metarun.config import ConfigError, DataError, validate
 from metarun.algos import SelfEvaluating
 from metarun.evaluate import evaluate, summarize
 from metarun.inner_loop import FixedRule, adapt, task_functions
-from metarun.lake import lake_config, lake_summary
+from metarun.lake import lake_config, lake_errors, lake_summary
 from metarun.tasks import ReadsImages
 from metarun.tasks.images import ImageInputs
 from metarun.train import at_steps, build, write_summary
@@ -116,11 +117,13 @@ def evaluate_run(cfg, out_dir):
                "checkpoint": path.name}
     write_summary(out_dir, summary)
     try:
-        if cfg.get("eval_protocol") == "lake":
+        lake = cfg.get("eval_protocol") == "lake"
+        if lake:
             with open_dict(cfg):
                 cfg.task = lake_config(cfg.task)
             summary["eval_protocol"] = "lake"
-        task, model, _, algo = build(cfg)
+        with lake_errors() if lake else nullcontext():
+            task, model, _, algo = build(cfg)
         zeroed = restore(model, state["model"], algo.adapted, f"checkpoint {path}")
         load_algo_state(algo, state, zeroed)
         if zeroed:

@@ -22,7 +22,7 @@ from metarun.checkpoint import atomic_write
 from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
-from metarun.lake import lake_config, lake_summary
+from metarun.lake import lake_config, lake_errors, lake_summary
 from metarun.tasks import KnowsOptimum, ReadsImages, RLTaskFamily
 
 
@@ -128,7 +128,8 @@ def run(cfg, run_dir, group=None, name=None):
     # validation and test splits (eval_protocol=lake).
     eval_task = task
     if cfg.get("eval_protocol") == "lake":
-        eval_task = _instantiate(lake_config(cfg.task), device=resolve_device(cfg.get("device", "cpu")))
+        with lake_errors():
+            eval_task = _instantiate(lake_config(cfg.task), device=resolve_device(cfg.get("device", "cpu")))
     # Tasks are drawn from a CPU generator whatever the device, so a seed gives the same tasks anywhere.
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from metarun.config import ConfigError
 from metarun.evaluate import task_descriptions, task_set
-from metarun.lake import lake_config
+from metarun.lake import lake_config, lake_errors
 from metarun.learner import evaluate_run
 from metarun.tasks.omniglot import Omniglot
 from metarun.train import at_steps, chosen_steps
@@ -64,6 +64,9 @@ def test_lake_needs_an_alphabet_of_20_characters(tmp_path):
                             "image_size": 8, "split": "alphabet", "val_alphabets": ["Zeta"], "test_alphabets": ["Eta", "Theta"]})
     with pytest.raises(ConfigError, match="Theta has 19 classes in the test split"):
         build_task(lake_config(cfg))
+    with pytest.raises(ConfigError, match="eval_protocol='lake'.*Theta has 19 classes in the test split"):
+        with lake_errors():
+            build_task(lake_config(cfg))
     with pytest.raises(ConfigError, match="eval_protocol"):
         lake_config(OmegaConf.create({"_target_": "metarun.tasks.sinusoid.Sinusoid"}))
 
@@ -111,7 +114,7 @@ def test_eval_mode_lake_on_held_out_alphabets(tiny_run, tmp_path):  # noqa: F811
     assert summary["lake/runs"] == 12 and summary["lake/error_ci95"] > 0
     assert summary["test/accuracy_step0"] == pytest.approx(1 / 20)  # zero head: every class equal before adapting
     # The tiny run's own test split (characters of Greek and Latin) holds no 20-character alphabet.
-    with pytest.raises(ConfigError, match="has [0-9]+ classes in the (val|test) split"):
+    with pytest.raises(ConfigError, match="eval_protocol='lake'.*20 characters.*the val split has 10 classes"):
         evaluate_run(eval_config(run_dir, "eval_protocol=lake"), tmp_path / "out2")
 
 
