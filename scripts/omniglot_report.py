@@ -31,7 +31,7 @@ DATA = os.environ.get("METARUN_DATA") or str(next((p / "shared" / "data" for p i
 # change hurts, i.e. what the reference has helps). Shorter arms run at 1 thread, two at a time.
 SHORT = ["iterations=2000", "eval_every=500", "checkpoint_every=500", "threads=1"]
 ARMS = {
-    "preset": dict(overrides=[], change="the preset as shipped, trained alone on the 2 cores",
+    "preset": dict(overrides=["threads=1"], change="the preset as shipped (1,000 iterations), at 1 thread",
                    ref="base", claim="less", question="longer training (the preset's length) helps"),
     "base": dict(overrides=SHORT, change="the preset's settings, 2,000 iterations at 1 thread"),
     "no_augment": dict(overrides=SHORT + ["task.augment=none"], change="no affine distortions of training images",
@@ -79,7 +79,8 @@ def train_command(arm):
 
 
 def eval_command(arm, name):
-    return ["metarun", "mode=eval", f"run_dir={OUT / arm}", *EVALS[name], f"hydra.run.dir={OUT / arm / 'eval' / name}"]
+    return ["metarun", "mode=eval", f"run_dir={OUT / arm}", *EVALS[name], "threads=1", "progress=false",
+            f"hydra.run.dir={OUT / arm / 'eval' / name}"]
 
 
 def run(cmd, log):
