@@ -411,7 +411,12 @@ def concurrency(tag):
 
 def cost_block():
     if not done("preset"):
-        return "No training run of the preset has finished yet."
+        if not done("probe"):
+            return "No training run of the preset has finished yet."
+        s = load_json(OUT / "probe" / "summary.json")
+        return (f"A meta-iteration of this preset cost {s['time'] / s['iteration']:.2f} s at 1 thread here (a probe run of "
+                f"{s['iteration']} iterations, `outputs/omniglot/probe`, {concurrency('i15-probe')}), so a 1,000-iteration run "
+                f"costs about {s['time'] / s['iteration'] * 1000 / 60:.0f} core-minutes before its evaluations.")
     s = load_json(OUT / "preset" / "summary.json")
     per_it = s["time"] / s["iteration"]
     return (f"A meta-iteration of this preset cost {per_it:.2f} s at 1 thread here ({s['iteration']} iterations in "
@@ -445,14 +450,23 @@ def write_doc():
 
     figures_dir = REPO / "docs" / "omniglot"
     figures_dir.mkdir(parents=True, exist_ok=True)
-    learner = preset_learner()
-    family = lake_family(learner)
     blocks = {"cost": cost_block(), "coverage": coverage_block()}
-    headline_blocks(blocks, learner, family)
+    figures = {"curves_figure": ("curves.png", "validation Lake error during training"),
+               "steps_figure": ("steps.png", "Lake error after k inner steps"),
+               "episodes_figure": ("episodes.png", "three Lake test runs with predictions")}
+    if done("preset"):
+        learner = preset_learner()
+        family = lake_family(learner)
+        headline_blocks(blocks, learner, family)
+        steps_blocks(blocks, figures_dir / "steps.png")
+        curves_figure(figures_dir / "curves.png")
+        episodes_figure(learner, family, figures_dir / "episodes.png")
+        blocks.update({name: f"![{alt}](omniglot/{file})" for name, (file, alt) in figures.items()})
+    else:
+        missing = "(not available: the preset's training run has not finished; see above for its command)"
+        blocks.update({"headline": "- " + missing, "steps_table": "", "chosen_steps": "none yet"})
+        blocks.update({name: missing for name in figures})
     ablation_blocks(blocks)
-    steps_blocks(blocks, figures_dir / "steps.png")
-    curves_figure(figures_dir / "curves.png")
-    episodes_figure(learner, family, figures_dir / "episodes.png")
     old_protocol_blocks(blocks)
     blocks["commands"] = commands_block()
     render(REPO / "docs" / "src" / "omniglot.md", REPO / "docs" / "omniglot.md", blocks, script="omniglot_report.py")
