@@ -404,19 +404,17 @@ def concurrency(tag):
 
     if not LEDGER.is_file():
         return "concurrent jobs not recorded"
-    spans, names, mine = {}, {}, None
+    spans, names, lanes, mine = {}, {}, {}, None
     for line in LEDGER.read_text().splitlines():
         parts = line.split(" ", 4)
         if len(parts) < 5 or not parts[1].startswith("pid="):
             continue
         when, pid, rest = dt.datetime.fromisoformat(parts[0]), parts[1], " ".join(parts[2:])
-        for lane in ("run x1 ", "quick ", "alone x2 "):
-            if rest.startswith(lane):
-                rest = rest[len(lane):]
-                break
+        lane = next((lane for lane in ("run x1 ", "quick ", "alone x2 ") if rest.startswith(lane)), "")
+        rest = rest[len(lane):]
         if rest.startswith("start "):
             spans[pid] = [when, None]
-            names[pid] = rest.split(" ")[1]
+            names[pid], lanes[pid] = rest.split(" ")[1], lane.strip()
             if names[pid] == tag:
                 mine = pid
         elif rest.startswith("end ") and pid in spans:
@@ -425,8 +423,16 @@ def concurrency(tag):
         return "concurrent jobs not recorded"
     start, end = spans[mine]
     end = end or dt.datetime.now()
-    others = [p for p, (a, b) in spans.items() if p != mine and a < end and (b is None or b > start)]
-    return f"beside {len(others)} other CPU jobs over its span, 1 thread each, on 2 cores (cpujob ledger)"
+
+    def alive(pid):  # a job without an end line either still runs or died before writing one
+        return Path(f"/proc/{pid[len('pid='):]}").exists()
+
+    others = [p for p, (a, b) in spans.items() if p != mine and a < end and (b > start if b else alive(p))]
+    alone = [p for p in others if lanes[p] == "alone x2"]
+    shared = len(others) - len(alone)
+    return (f"{shared} other 1-thread jobs shared the 2 cores at some point of its span"
+            + (f", and it stood paused during {len(alone)} machine-alone job{'s' if len(alone) > 1 else ''}" if alone else "")
+            + "; cpujob ledger")
 
 
 def cost_block():
@@ -456,7 +462,7 @@ def coverage_block():
 
 
 def commands_block():
-    lines = ["```bash", "# the preset, alone on the machine (its timing), then its evaluations on other episodes:"]
+    lines = ["```bash", "# the preset at 1 thread, then its evaluations on other episodes (what --run preset does):"]
     lines += [" ".join(train_command("preset"))] + [" ".join(eval_command("preset", n)) for n in EVALS]
     lines += ["# every arm, training and evaluations (what this script's --run does):",
               "python scripts/omniglot_report.py --commands", "python scripts/omniglot_report.py --run " + " ".join(a for a in ARMS if a != "preset"),
