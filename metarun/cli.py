@@ -274,7 +274,7 @@ def hydra_main(cfg):
         except (OSError, ValueError, KeyError):
             at = since = ""
         fail(f"interrupted{at}; `metarun resume=true run_dir={hc.runtime.output_dir}` continues{since}", code=130)
-    report = {k: v for k, v in summary.items() if k.startswith(("test/", "val/")) and "_step" not in k}
+    report = {k: v for k, v in summary.items() if k.startswith(("test/", "val/", "lake/error")) and "_step" not in k}
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in report.items()) + f"  time={summary['time']:.1f}s")
     print(f"run dir: {hc.runtime.output_dir}")
     return summary.get("test/loss")

@@ -134,7 +134,13 @@ RULES = {
     "task.query": _int(1),
     "task.ways": _int(2),
     "task.image_size": _int(4),
-    "task.rotations": _bool(),
+    "task.rotations": _choice("none", "per_task", "as_classes", True, False),
+    "task.episodes": _choice("any", "within_alphabet"),
+    "task.drawers": _choice("any", "disjoint"),
+    "task.augment": _choice("none", "affine"),
+    "eval_protocol": _choice("episodes", "lake"),
+    "model.downsample": _choice("maxpool", "stride"),
+    "model.global_pool": _bool(),
     "task.download": _bool(),
     "task.split_seed": _int(0),
     "task.input_dim": _int(1),
@@ -153,6 +159,14 @@ def validate(cfg):
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not ok(value):
             raise ConfigError(key, value, "must be " + allowed)
+    if OmegaConf.select(cfg, "eval_protocol") == "lake":
+        target = str(OmegaConf.select(cfg, "task._target_", default=""))
+        if not target.endswith("omniglot.Omniglot"):
+            raise ConfigError("eval_protocol", "lake", f"only with task=omniglot (Lake et al.'s one-shot runs); the task is {target.rsplit('.', 1)[-1] or 'unset'}")
+        ways = OmegaConf.select(cfg, "task.ways")
+        if OmegaConf.select(cfg, "mode", default="train") == "train" and ways != 20:
+            raise ConfigError("task.ways", ways, "20 with eval_protocol=lake in training: validation and test are Lake's 20-way "
+                              "runs, so the head must have 20 outputs (evaluate other runs with mode=eval eval_protocol=lake)")
     adapt = OmegaConf.select(cfg, "algo.adapt")
     if adapt is not None and (len(adapt) == 0 or not all(isinstance(p, str) and p for p in adapt)):
         raise ConfigError("algo.adapt", OmegaConf.to_container(adapt), "a non-empty list of glob patterns such as ['head.*']")

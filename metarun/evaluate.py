@@ -47,6 +47,15 @@ def task_set(task, split, num_tasks, seed, chunk):
         pending = tuple(p[end - start:] for p in pending)
 
 
+def task_descriptions(task, split, num_tasks, seed):
+    """`task.describe(...)` of the same `num_tasks` tasks `task_set` yields: one dict per task, in order."""
+    seed = split_seed(seed, split)
+    rows = []
+    for block in range(math.ceil(num_tasks / DRAW_BLOCK)):
+        rows += task.describe(DRAW_BLOCK, block_generator(seed, block), split)
+    return rows[:num_tasks]
+
+
 @torch.no_grad()
 def evaluate(algo, task, split, num_tasks, steps, seed, chunk=100, lr=None):
     # Same signature as an algorithm's own `evaluate(split, num_tasks, steps, seed, chunk)` after binding algo, task.

@@ -13,8 +13,9 @@ test-time inner steps are made) evaluated exactly as at the end of training.
     labels = learner.predict_labels(query_paths)    # ["dog", "cat", ...]
 
 Adaptation is the run's own inner loop (`metarun.inner_loop.adapt` on the run's adapted
-subset, with its inner lr, L2 and number of steps), and image files go through the task's
-`load_images`, so the preprocessing is the training preprocessing.
+subset, with its inner lr, L2 and number of steps), and image files go through the preprocessing
+of training (decode, resize, invert, scale), which the run recorded in preprocess.json: the
+learner needs only the run dir, not the data set it was trained on.
 
 A different number of classes than the checkpoint's head was trained for is allowed when the
 head adapts: the output layer is then zero-initialised (Ye & Chao, 2021, "How to train your MAML
@@ -23,23 +24,26 @@ of ways can be adapted to) and everything else loaded; the output says so.
 """
 import json
 import time
+from contextlib import nullcontext
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 from torch.func import vmap
 
 from metarun import checkpoint
-from metarun.config import ConfigError, DataError, validate
+from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.algos import SelfEvaluating
 from metarun.evaluate import evaluate, summarize
 from metarun.inner_loop import FixedRule, LearnedRule, adapt, task_functions
+from metarun.lake import lake_config, lake_errors, lake_summary
 from metarun.tasks import ReadsImages
-from metarun.train import build, write_summary
+from metarun.tasks.images import ImageInputs
+from metarun.train import at_steps, build, write_summary
 
 ZERO_INIT = "zero-initialised (Ye & Chao, 2021)"
 
@@ -86,8 +90,12 @@ def evaluate_run(cfg, out_dir):
 
     The "test/*" figures are those of `metarun.train.run`'s final evaluation: `cfg.eval_tasks`
     fixed tasks (seed `cfg.eval_seed`) of the test split, after 0..K inner steps, where K is
-    the larger of `cfg.eval_steps` and `cfg.algo.inner_steps`; "test/<metric>" is after K steps.
+    the larger of `cfg.eval_steps` and `cfg.algo.inner_steps`. "test/<metric>" is after the run's
+    own `test_steps` (chosen on its validation split) when the evaluation runs the steps the run
+    did (same eval_steps and algo.inner_steps), else after K steps; `test_steps` says which.
     With `split=val` the figures are the validation set's (seed `eval_seed + 1`), named "val/*".
+    `eval_protocol=lake` evaluates Lake et al.'s one-shot runs of the split instead (metarun.lake):
+    "lake/error" and <out_dir>/lake_runs.csv beside the "<split>/*" figures of the same runs.
     """
     start = time.perf_counter()
     validate(cfg)
@@ -109,7 +117,13 @@ def evaluate_run(cfg, out_dir):
                "checkpoint": path.name}
     write_summary(out_dir, summary)
     try:
-        task, model, _, algo = build(cfg)
+        lake = cfg.get("eval_protocol") == "lake"
+        if lake:
+            with open_dict(cfg):
+                cfg.task = lake_config(cfg.task)
+            summary["eval_protocol"] = "lake"
+        with lake_errors() if lake else nullcontext():
+            task, model, _, algo = build(cfg)
         zeroed = restore(model, state["model"], algo.adapted, f"checkpoint {path}")
         load_algo_state(algo, state, zeroed)
         if zeroed:
@@ -126,7 +140,11 @@ def evaluate_run(cfg, out_dir):
             per_task = algo.evaluate(split, cfg.eval_tasks, steps, cfg.eval_seed, cfg.eval_chunk)
         else:
             per_task = evaluate(algo, task, split, cfg.eval_tasks, steps, cfg.eval_seed, cfg.eval_chunk)
-        summary.update(summarize(per_task, split), status="completed")
+        reported = reported_steps(cfg, source, steps)
+        summary.update(at_steps(summarize(per_task, split), split, reported), test_steps=reported)
+        if cfg.get("eval_protocol") == "lake":
+            summary.update(lake_summary(per_task, task, cfg, reported, out_dir, split))
+        summary["status"] = "completed"
         return summary
     except KeyboardInterrupt:
         summary.update(status="interrupted", error="interrupted by the user")
@@ -139,6 +157,20 @@ def evaluate_run(cfg, out_dir):
         write_summary(out_dir, summary)
 
 
+def reported_steps(cfg, source, steps):
+    """The number of inner steps behind "<split>/<metric>": the run's own choice (summary.json's
+    `test_steps`, made on its validation split) when this evaluation runs the inner steps the run
+    did (the same eval_steps and algo.inner_steps), else `steps`, the last one evaluated."""
+    chosen = read_summary(source).get("test_steps")
+    try:
+        trained = OmegaConf.load(Path(source) / "config.yaml")
+    except Exception:  # an older run without config.yaml, or an unreadable one
+        return steps
+    same = (trained.get("eval_steps") == cfg.eval_steps
+            and OmegaConf.select(trained, "algo.inner_steps") == OmegaConf.select(cfg, "algo.inner_steps"))
+    return chosen if same and isinstance(chosen, int) and 0 <= chosen <= steps else steps
+
+
 def load_learner(run_dir, overrides=(), checkpoint=None, device="cpu"):
     """A `Learner` from a training run dir: its config and the checkpoint its figures came from.
 
@@ -146,9 +178,12 @@ def load_learner(run_dir, overrides=(), checkpoint=None, device="cpu"):
     the run meta-tested (`best.pt` under `test_checkpoint=best`, else `checkpoint.pt`; `checkpoint=`
     picks one) and adapts for as many inner steps as the reported figure took (`eval_steps`, or the
     run's `test_steps`), with the run's adapt rule. `overrides` are dotlist strings applied to the
-    run's config before anything is built, e.g. ``["task.root=/data"]`` when the data set has moved,
-    or ``["algo.inner_lr=0.1"]``. The task family is rebuilt from the config, so its data (or its
-    cache) must be reachable. `device` (default the CPU) is where the model runs.
+    run's config before anything is built, e.g. ``["algo.inner_lr=0.1"]``. The data set is not
+    needed: image runs recorded their preprocessing (preprocess.json), from which `learner.task`
+    (an `ImageInputs`) reads image files. A `task.*` override (``["task.root=/data"]``), or a run
+    without preprocess.json, rebuilds the task family from the config instead, so its data (or its
+    cache) must then be reachable: `learner.task` can then also draw episodes (`sample`).
+    `device` (default the CPU) is where the model runs.
     Raises DataError for a missing run dir, config or checkpoint, or a corrupt checkpoint.
     """
     run_dir = Path(run_dir)
@@ -178,9 +213,13 @@ def load_learner(run_dir, overrides=(), checkpoint=None, device="cpu"):
         raise ConfigError("checkpoint", checkpoint, "best.pt or checkpoint.pt")
     path = run_dir / checkpoint
     state = read_checkpoint(path)
+    record = read_preprocess(run_dir)
+    inputs = None
+    if record is not None and not any(line.partition("=")[0].startswith("task.") for line in overrides):
+        inputs = ImageInputs(**record, device=resolve_device(cfg.device))
     # build() seeds torch's global generator; a library call should not change the caller's.
     with torch.random.fork_rng(devices=[]):
-        task, model, _, algo = build(cfg)
+        task, model, _, algo = build(cfg, task=inputs)
     if isinstance(algo, SelfEvaluating):
         raise DataError(f"{run_dir} is a {type(algo).__name__} run; load_learner supports supervised runs "
                         "(classification or regression)")
@@ -189,6 +228,17 @@ def load_learner(run_dir, overrides=(), checkpoint=None, device="cpu"):
     steps = summary.get("test_steps", cfg.eval_steps)
     return Learner(cfg, task, model, algo.adapted, algo.inner_lr, algo.inner_l2, steps, state["model"], zeroed,
                    adapt_rule=algo.adapt_rule, checkpoint=path.name)
+
+
+def read_preprocess(run_dir):
+    """The run's preprocess.json (input shape, resize, invert, scale, classes), or None for runs without one."""
+    path = Path(run_dir) / "preprocess.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
 
 
 def read_summary(run_dir):

@@ -5,8 +5,9 @@
 DIR holds one folder per class, named by the class, of image files. Each query PATH is an image
 file or a folder searched recursively for image files. One line per query image goes to stdout:
 path, predicted class, its probability (tab-separated); `--output` also writes a CSV with the
-probability of every class. Mistakes end in one line ``metarun-predict: error: ...`` on stderr
-with exit code 2.
+probability of every class. Only the run dir is needed: the preprocessing of training (resize,
+invert, scale) is read from its preprocess.json. Mistakes end in one line
+``metarun-predict: error: ...`` on stderr with exit code 2.
 """
 import argparse
 import io
@@ -67,7 +68,7 @@ def parser():
         prog="metarun-predict", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Adapt a trained metarun run to a support folder (one folder per class) and classify query images.",
         epilog="example:\n  metarun-predict outputs/runs/2026-11-22/10-00-00 --support shots/ --query new/ --steps 10 --output preds.csv")
-    p.add_argument("run_dir", help="a training run dir (with .hydra/config.yaml and checkpoint.pt)")
+    p.add_argument("run_dir", help="a training run dir (config.yaml, preprocess.json and checkpoint.pt; the data set is not needed)")
     p.add_argument("--support", required=True, metavar="DIR", help="one folder per class, named by the class, of images")
     p.add_argument("--query", required=True, nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     p.add_argument("--steps", type=int, default=None, help="inner steps (default: the run's algo.inner_steps)")
@@ -76,7 +77,8 @@ def parser():
                    help="normalise BatchNorm over all query images together (the meta-test protocol) instead of "
                         "each image with the support set")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="change the run's config before loading, e.g. task.root=/data (repeatable)")
+                   help="change the run's config before loading, e.g. algo.inner_lr=0.1 (repeatable; a task.* override "
+                        "rebuilds the task family from its data)")
     return p
 
 

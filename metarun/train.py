@@ -22,20 +22,23 @@ from metarun.checkpoint import atomic_write
 from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
-from metarun.tasks import KnowsOptimum, RLTaskFamily
+from metarun.lake import lake_config, lake_errors, lake_summary
+from metarun.tasks import KnowsOptimum, ReadsImages, RLTaskFamily
 
 
 class NonFiniteLoss(RuntimeError):
     pass
 
 
-def build(cfg):
-    """Task family, model, outer optimizer and algorithm for `cfg`, seeded."""
+def build(cfg, task=None):
+    """Task family, model, outer optimizer and algorithm for `cfg`, seeded.
+
+    `task`: a stand-in for the task family (e.g. `ImageInputs`, for prediction without the data set)."""
     if isinstance(cfg.get("threads"), int):
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.get("device", "cpu"))
     torch.manual_seed(cfg.seed)
-    task = _instantiate(cfg.task, device=device)
+    task = _instantiate(cfg.task, device=device) if task is None else task
     # The model is initialised on the CPU from the seeded global generator, then moved: a seed
     # gives the same initial weights on every device.
     model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim).to(device)
@@ -70,6 +73,25 @@ def selection_metric(metrics):
         if key in metrics:
             return key, metrics[key], metrics[key]
     return "eval/loss", metrics["eval/loss"], -metrics["eval/loss"]
+
+
+def chosen_steps(val):
+    """The number of inner steps with the best validation figure (`eval/<metric>_step<k>`; the fewest on ties):
+    the highest accuracy (classification) or return (RL), else the lowest loss."""
+    key, sign = next(((m, 1) for m in ("accuracy", "return") if f"eval/{m}_step0" in val), ("loss", -1))
+    steps = []
+    while f"eval/{key}_step{len(steps)}" in val:
+        steps.append(len(steps))
+    finite = [k for k in steps if math.isfinite(val[f"eval/{key}_step{k}"])] or steps
+    return max(finite, key=lambda k: (sign * val[f"eval/{key}_step{k}"], -k))
+
+
+def at_steps(figures, prefix, k):
+    """`figures` with `<prefix>/<metric>` (and `_ci95`) set to the figure after `k` inner steps."""
+    out = dict(figures)
+    for name in [key[: -len("_step0")] for key in figures if key.endswith("_step0")]:
+        out[name], out[f"{name}_ci95"] = figures[f"{name}_step{k}"], figures[f"{name}_step{k}_ci95"]
+    return out
 
 
 def write_summary(run_dir, summary):
@@ -140,12 +162,19 @@ def run(cfg, run_dir, group=None, name=None):
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     task, model, optimizer, algo = build(cfg)
+    # Validation and test tasks: the task family's own episodes, or Lake et al.'s one-shot runs on its
+    # validation and test splits (eval_protocol=lake).
+    eval_task = task
+    if cfg.get("eval_protocol") == "lake":
+        with lake_errors():
+            eval_task = _instantiate(lake_config(cfg.task), device=resolve_device(cfg.get("device", "cpu")))
     # Tasks are drawn from a CPU generator whatever the device, so a seed gives the same tasks anywhere.
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
     start, train_time = 0, 0.0
     oracle = {}  # cumulative oracle calls, by the keys the algorithm reports
     best = None  # where best.pt came from: {"metric", "value", "score", "iteration"}
+    last_val = None  # (iteration, validation figures) of the latest validation
     if cfg.resume:
         state = checkpoint.load(ckpt_path)
         checkpoint.check_matches(ckpt_path, state, model, fingerprint(cfg))
@@ -159,6 +188,8 @@ def run(cfg, run_dir, group=None, name=None):
         if best_path.is_file():
             best = checkpoint.load(best_path)["best"]
     write_config(run_dir, cfg)
+    if isinstance(task, ReadsImages):  # what prediction needs, so a run dir works without the data set
+        atomic_write(run_dir / "preprocess.json", lambda f: f.write(json.dumps(task.preprocess(), indent=2).encode()))
 
     if cfg.resume:
         print(f"metarun: resuming {run_dir} from iteration {start} of {cfg.iterations}", flush=True)
@@ -173,21 +204,24 @@ def run(cfg, run_dir, group=None, name=None):
     write_summary(run_dir, summary)
     last_checkpoint = time.perf_counter()
 
-    def evaluation(split, prefix):
+    def per_task(split):
         # An algorithm with its own evaluation (RL: returns from fresh rollouts) provides `evaluate`.
-        per_task = (algo.evaluate if isinstance(algo, SelfEvaluating) else partial(evaluate, algo, task))(
+        return (algo.evaluate if isinstance(algo, SelfEvaluating) else partial(evaluate, algo, eval_task))(
             split, cfg.eval_tasks, cfg.eval_steps, cfg.eval_seed, cfg.eval_chunk)
-        return summarize(per_task, prefix)
+
+    def evaluation(split, prefix):
+        return summarize(per_task(split), prefix)
 
     def validation(iteration):
         # Keep the parameters with the best validation figure in best.pt (test_checkpoint=best tests them).
-        nonlocal best
+        nonlocal best, last_val
         metrics = evaluation("val", "eval")
+        last_val = (iteration, metrics)
         key, value, score = selection_metric(metrics)
         if math.isfinite(score) and (best is None or score > best["score"]):
             best = {"metric": key, "value": value, "score": score, "iteration": iteration}
             checkpoint.save(best_path, {"iteration": iteration, "model": model.state_dict(), "algo": algo.state_dict(),
-                                        "best": best, "config": fingerprint(cfg)})
+                                        "best": best, "val": metrics, "config": fingerprint(cfg)})
         return metrics
 
     def save(iteration):
@@ -247,15 +281,22 @@ def run(cfg, run_dir, group=None, name=None):
                             refresh=False)
         bar.close()
         tested, tested_file = cfg.iterations, ckpt_path.name
+        val = last_val[1] if last_val is not None and last_val[0] == cfg.iterations else None
         if cfg.test_checkpoint == "best" and best is not None:
             state = checkpoint.load(best_path)
             model.load_state_dict(state["model"])
             algo.load_state_dict(state["algo"])
-            tested, tested_file = best["iteration"], best_path.name
+            tested, tested_file, val = best["iteration"], best_path.name, state.get("val")
             print(f"metarun: testing best.pt (iteration {tested}, {best['metric']} {best['value']:.4g})", flush=True)
-        final = evaluation("test", "test")
+        # The number of test-time inner steps is chosen on the validation split, at the tested
+        # parameters: test/<metric> is the test figure after that many steps (all of 0..eval_steps stay).
+        steps = chosen_steps(val if val is not None else evaluation("val", "eval"))
+        tested_tasks = per_task("test")
+        final = at_steps(summarize(tested_tasks, "test"), "test", steps)
+        if cfg.get("eval_protocol") == "lake":
+            final.update(lake_summary(tested_tasks, eval_task, cfg, steps, run_dir))
         summary.update(final, status="completed", iteration=cfg.iterations, tested_iteration=tested,
-                       tested_checkpoint=tested_file, test_steps=cfg.eval_steps, time=train_time,
+                       tested_checkpoint=tested_file, test_steps=steps, time=train_time,
                        wall_time=time.perf_counter() - wall_start,  # this process's, evaluations included
                        threads=torch.get_num_threads(),  # what the times above were measured with
                        **{f"oracle/{k}": v for k, v in oracle.items()})

@@ -53,7 +53,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_report_collectionfinish(config, start_path, items):
-    return config._metarun_data_line or []
+    return getattr(config, "_metarun_data_line", None) or []  # unset when collection failed
 
 
 @pytest.fixture

@@ -110,10 +110,12 @@ def image_batch(tasks=3, ways=3, shots=2, query=2, seed=0):
     return x[:, :s], y[:, :s].contiguous(), x[:, s:], y[:, s:].contiguous()
 
 
-@pytest.mark.parametrize("patterns", [["*"], ["head.*"], ["body.2.*", "head.*"]])
-def test_vmapped_batch_equals_per_task_clone_loop(patterns):
+@pytest.mark.parametrize("patterns, downsample, global_pool", [
+    (["*"], "maxpool", False), (["head.*"], "maxpool", False), (["body.2.*", "head.*"], "maxpool", False),
+    (["*"], "stride", True), (["head.*"], "stride", True), (["*"], "stride", False)])
+def test_vmapped_batch_equals_per_task_clone_loop(patterns, downsample, global_pool):
     torch.manual_seed(0)
-    model = Conv4((1, 12, 12), 3, channels=8, blocks=3)
+    model = Conv4((1, 12, 12), 3, channels=8, blocks=3, downsample=downsample, global_pool=global_pool)
     batch = image_batch()
     algo = MAML(model, None, CLASSIFICATION, patterns, 2, 0.3)
     model.zero_grad()
@@ -306,3 +308,28 @@ def test_step_logs_the_meta_gradient_norm_and_the_running_mean_of_its_square():
     other.load_state_dict(state)
     batch = quadratic_batch(seed=3)
     assert other.step(batch)["grad_sq_mean"] == pytest.approx(algo.step(batch)["grad_sq_mean"], rel=1e-12)
+
+
+@pytest.mark.parametrize("size, global_pool, expected", [(28, True, 64), (28, False, 64 * 2 * 2), (56, True, 64),
+                                                         (56, False, 64 * 4 * 4), (84, False, 64 * 6 * 6)])
+def test_strided_conv4_shapes(size, global_pool, expected):
+    """Stride-2 3x3 convolutions with padding 1 halve (rounding up) each side: 28 -> 14 -> 7 -> 4 -> 2, as in
+    Finn et al.'s Omniglot net and learn2learn's OmniglotCNN; global_pool averages the last map into 64 features."""
+    model = Conv4((1, size, size), 20, downsample="stride", global_pool=global_pool)
+    x = torch.rand(5, 1, size, size)
+    assert model.body(x).shape == (5, expected) and model(x).shape == (5, 20)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    strides = [m.stride for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert strides == [(2, 2)] * 4
+    # The same parameter names as the max-pool net: checkpoints and adapt patterns mean the same layers.
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in Conv4((1, size, size), 20).named_parameters()]
+    if global_pool:  # the head sees the mean of the last feature map over positions
+        last = model.body[:-1](x)
+        torch.testing.assert_close(model.body(x), last.mean(dim=(2, 3)))
+
+
+def test_conv4_options_are_config_errors():
+    with pytest.raises(ConfigError, match="model.downsample"):
+        Conv4((1, 28, 28), 5, downsample="avgpool")
+    with pytest.raises(ConfigError, match="model.global_pool"):
+        Conv4((1, 28, 28), 5, global_pool="mean")

@@ -82,12 +82,44 @@ def test_alphabet_split_keeps_alphabets_whole(tiny):
     assert len(set.union(*owners.values())) == 3
 
 
-def test_vinyals_split_on_the_full_set():
+def full_set_names():
+    """1623 character names as character_folders lists them: background alphabets, then evaluation ones."""
+    names = [f"images_background/B{i // 20:02d}/character{i % 20 + 1:02d}" for i in range(960)]
+    return names + [f"images_evaluation/A{i // 20:02d}/character{i % 20 + 1:02d}" for i in range(663)]
+
+
+def test_sorted_split_on_the_full_set():
     task = Omniglot.__new__(Omniglot)  # the split logic alone: 1623 character names, no images
-    task.classes = [f"images_background/A{i // 20:02d}/character{i % 20 + 1:02d}" for i in range(1623)]
+    task.classes = full_set_names()
     parts = task.split_characters("auto", [0.6, 0.2, 0.2], 0)
-    assert task.split == "vinyals"
+    assert task.split == "sorted"
     assert parts == {"train": list(range(1100)), "val": list(range(1100, 1200)), "test": list(range(1200, 1623))}
+    assert task.split_characters("vinyals", [0.6, 0.2, 0.2], 0) == parts  # the older name of the same split
+
+
+def test_shuffled_split_is_finns():
+    """Finn et al.'s code: one list of the characters of both folders, random.seed(1); random.shuffle(list);
+    then 1100 train, 100 validation, 423 test."""
+    import random
+
+    task = Omniglot.__new__(Omniglot)
+    task.classes = full_set_names()
+    parts = task.split_characters("shuffled", [0.6, 0.2, 0.2], 0)
+    merged = sorted(task.classes, key=lambda c: c.split("/", 1)[1])  # alphabet/character, folders merged
+    random.seed(1)
+    random.shuffle(merged)
+    index = {c: i for i, c in enumerate(task.classes)}
+    assert parts["train"] == sorted(index[c] for c in merged[:1100])
+    assert parts["val"] == sorted(index[c] for c in merged[1100:1200])
+    assert parts["test"] == sorted(index[c] for c in merged[1200:])
+    # Validation is no longer a few neighbouring alphabets: it spans most of them.
+    def alphabets(split):
+        return {task.classes[i].rsplit("/", 1)[0] for i in parts[split]}
+
+    assert len(alphabets("val")) > 40 and len({task.classes[i].rsplit("/", 1)[0] for i in range(1100, 1200)}) == 5
+    with pytest.raises(ConfigError, match="task.split"):
+        task.classes = task.classes[:300]
+        task.split_characters("shuffled", [0.6, 0.2, 0.2], 0)
 
 
 @needs_shared
@@ -297,3 +329,217 @@ def test_short_run_on_shared_data_learns(tmp_path, monkeypatch):
     print(f"test accuracy {summary['test/accuracy']:.3f} +- {summary['test/accuracy_ci95']:.3f} (chance 0.2)")
     assert summary["test/accuracy"] > 0.45, summary["test/accuracy"]
     assert OmegaConf.select(cfg, "task.rotations") is True
+
+
+# Alphabets for the episode tests: (folder, alphabet, characters). Every image encodes its class in
+# its four corners and its drawer in its centre, both unchanged by quarter turns, and has one
+# stroke in a corner that shows the rotation.
+ALPHABETS = (("images_background", "Alpha", 6), ("images_background", "Beta", 5), ("images_background", "Gamma", 7),
+             ("images_evaluation", "Delta", 6), ("images_evaluation", "Epsilon", 5))
+
+
+def coded_image(cls, drawer, size=8):
+    image = torch.zeros((1, size, size), dtype=torch.uint8)  # files are inverted on reading: 0 here = 255 stored
+    for i, j in ((0, 0), (0, size - 1), (size - 1, 0), (size - 1, size - 1)):
+        image[0, i, j] = cls + 1
+    image[0, size // 2 - 1 : size // 2 + 1, size // 2 - 1 : size // 2 + 1] = 10 * (drawer + 1)
+    image[0, 1:3, 1:3] = 250  # the stroke: top-left when upright
+    return 255 - image
+
+
+def make_coded_omniglot(root, alphabets=ALPHABETS, drawers=6):
+    cls = 0
+    for folder, alphabet, n in alphabets:
+        for c in range(1, n + 1):
+            for d in range(1, drawers + 1):
+                path = Path(root) / "omniglot-py" / folder / alphabet / f"character{c:02d}" / f"{cls:04d}_{d:02d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_png(coded_image(cls, d), str(path))
+            cls += 1
+    return Path(root)
+
+
+def decode(x):
+    """Episode images (..., 1, 8, 8) -> class ids, drawer ids, quarter turns (counter-clockwise, as rot90)."""
+    pixels = (x * 255).round().long()[..., 0, :, :]
+    cls = pixels[..., 0, 0] - 1
+    drawer = pixels[..., 3, 3] // 10 - 1
+    corners = torch.stack([pixels[..., 1, 1], pixels[..., 6, 1], pixels[..., 6, 6], pixels[..., 1, 6]], -1)
+    return cls, drawer, (corners == 250).float().argmax(-1)
+
+
+@pytest.fixture
+def coded(tmp_path):
+    return make_coded_omniglot(tmp_path / "data"), tmp_path / "cache"
+
+
+def coded_task(coded, **kw):
+    root, cache = coded
+    options = dict(root=root, cache_dir=cache, image_size=8, ways=3, shots=1, query=2, rotations="none",
+                   split="alphabet", val_alphabets=["Delta"], test_alphabets=["Epsilon"])
+    return Omniglot(**{**options, **kw})
+
+
+def alphabet_of_class(task):
+    return {i: c.rsplit("/", 1)[0].rsplit("/", 1)[1] for i, c in enumerate(task.classes)}
+
+
+def test_decoding_the_coded_images(coded):
+    task = coded_task(coded, rotations="as_classes")
+    images, _, counts = task.splits["val"]
+    cls, drawer, turns = decode(images)
+    assert cls.tolist() == [c for c, _ in task.class_origin["val"] for _ in range(6)]
+    assert drawer.tolist() == list(range(1, 7)) * len(counts)
+    assert turns.tolist() == [t for _, t in task.class_origin["val"] for _ in range(6)]
+
+
+def test_within_alphabet_episodes_have_one_alphabet(coded):
+    """Train split: Alpha (6), Beta (5), Gamma (7). within_alphabet: every episode from one alphabet, each
+    alphabet about equally often; `any` mixes them (so the check below can fail)."""
+    names = None
+    for episodes in ("within_alphabet", "any"):
+        task = coded_task(coded, ways=4, episodes=episodes)
+        names = alphabet_of_class(task)
+        sx, sy, qx, qy = task.sample(300, torch.Generator().manual_seed(0), "train")
+        cls = torch.cat([decode(sx)[0], decode(qx)[0]], 1)
+        per_episode = [{names[c] for c in row} for row in cls.tolist()]
+        if episodes == "within_alphabet":
+            assert all(len(a) == 1 for a in per_episode)
+            counts = {a: sum(a in e for e in per_episode) for a in ("Alpha", "Beta", "Gamma")}
+            assert all(70 <= n <= 130 for n in counts.values()), counts  # uniform over alphabets: 100 each
+            assert all(len(set(row[:4])) == 4 for row in decode(sx)[0].tolist())  # 4 distinct characters
+        else:
+            assert sum(len(a) > 1 for a in per_episode) > 200
+
+
+def test_within_alphabet_needs_alphabets_of_ways_classes(coded):
+    options = dict(ways=6, test_alphabets=["Gamma"], episodes="within_alphabet")  # train: Alpha 6, Beta 5, Epsilon 5
+    with pytest.raises(ConfigError) as e:
+        coded_task(coded, **options)
+    assert e.value.key == "task.ways" and "Beta has 5 classes in the train split" in str(e.value)
+    coded_task(coded, **{**options, "episodes": "any"})  # 16 training characters: fine without the alphabet rule
+    # Rotations as classes give every alphabet four times the classes: 6 ways fit.
+    coded_task(coded, rotations="as_classes", **options)
+
+
+@pytest.mark.parametrize("options", [dict(split="alphabet", split_fractions=[0.6, 0.2, 0.2], split_seed=3),
+                                     dict(split="alphabet", val_alphabets=["Beta"], test_alphabets=["Delta", "Gamma"])])
+@pytest.mark.parametrize("rotations", ["as_classes", "per_task"])
+def test_alphabet_splits_share_no_alphabet_character_or_rotation(coded, options, rotations):
+    root, cache = coded
+    task = Omniglot(root=root, cache_dir=cache, image_size=8, ways=2, shots=1, query=2, rotations=rotations, **options)
+    names = alphabet_of_class(task)
+    seen = {}
+    for split in ("train", "val", "test"):
+        sx, sy, qx, qy = task.sample(200, torch.Generator().manual_seed(1), split)
+        cls, _, turns = (torch.cat([a, b], 1) for a, b in zip(decode(sx), decode(qx)))
+        # What the episodes show: characters, their alphabets and the rotated copies of them.
+        seen[split] = {"alphabets": {names[c] for c in cls.flatten().tolist()},
+                      "characters": set(cls.flatten().tolist()),
+                      "rotated": set(zip(cls.flatten().tolist(), turns.flatten().tolist()))}
+        assert seen[split]["characters"] <= set(task.split_classes[split])
+        assert {t for _, t in seen[split]["rotated"]} == {0, 1, 2, 3}  # rotated copies do occur
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        for kind in ("alphabets", "characters", "rotated"):
+            assert not seen[a][kind] & seen[b][kind], (a, b, kind)
+    assert set.union(*(seen[s]["alphabets"] for s in seen)) == {"Alpha", "Beta", "Gamma", "Delta", "Epsilon"}
+
+
+def test_per_task_rotations_turn_each_class_as_a_whole(coded):
+    task = coded_task(coded, ways=3, shots=2, query=3, rotations="per_task", rotated_splits=["train"])
+    sx, sy, qx, qy = task.sample(100, torch.Generator().manual_seed(2), "train")
+    cls = torch.cat([decode(sx)[0].view(100, 3, 2), decode(qx)[0].view(100, 3, 3)], 2)
+    turns = torch.cat([decode(sx)[2].view(100, 3, 2), decode(qx)[2].view(100, 3, 3)], 2)
+    assert (turns == turns[..., :1]).all() and (cls == cls[..., :1]).all()  # one character, one rotation per class
+    assert all(len(set(row)) == 3 for row in cls[..., 0].tolist())  # N distinct characters per task (Finn's code)
+    assert set(turns.flatten().tolist()) == {0, 1, 2, 3}
+    described = task.describe(100, torch.Generator().manual_seed(2), "train")
+    assert [r["rotations"] for r in described] == (90 * turns[..., 0]).tolist()
+    # Outside rotated_splits nothing turns.
+    assert decode(task.sample(50, torch.Generator().manual_seed(2), "test")[0])[2].eq(0).all()
+
+
+def test_drawer_disjoint_episodes_and_their_descriptions(coded):
+    task = coded_task(coded, ways=3, shots=2, query=3, drawers="disjoint", episodes="within_alphabet")
+    sx, sy, qx, qy = task.sample(100, torch.Generator().manual_seed(4), "train")
+    s_drawers, q_drawers = decode(sx)[1].view(100, 3, 2), decode(qx)[1].view(100, 3, 3)
+    for s, q in zip(s_drawers.tolist(), q_drawers.tolist()):
+        assert all(row == s[0] for row in s) and all(row == q[0] for row in q)  # the same drawers for every class
+        assert len(set(s[0]) | set(q[0])) == 5  # support and query drawers are disjoint
+    described = task.describe(100, torch.Generator().manual_seed(4), "train")
+    assert [r["support_drawers"] for r in described] == s_drawers.tolist()
+    assert [r["query_drawers"] for r in described] == q_drawers.tolist()
+    cls = decode(sx)[0].view(100, 3, 2)[..., 0]
+    assert [[task.classes.index(c) for c in r["characters"]] for r in described] == cls.tolist()
+    # The default draws each class's images independently: drawers then meet across support and query.
+    task = coded_task(coded, ways=3, shots=2, query=3)
+    sx, _, qx, _ = task.sample(100, torch.Generator().manual_seed(4), "train")
+    assert any(set(a) & set(b) for a, b in zip(decode(sx)[1].tolist(), decode(qx)[1].tolist()))
+
+
+def test_default_episodes_are_drawn_as_before(coded):
+    """Today's options (episodes=any, drawers=any, no augmentation) draw exactly what the original sampler drew."""
+    task = coded_task(coded, rotations="as_classes", query=3)
+    generator = torch.Generator().manual_seed(5)
+    images, starts, counts = task.splits["train"]
+    classes = torch.rand(7, len(counts), generator=generator).topk(3, dim=1).indices  # the original code, inline
+    keys = torch.rand(7, 3, int(counts.max()), generator=generator)
+    keys.masked_fill_(torch.arange(keys.shape[-1]) >= counts[classes][..., None], 2.0)
+    index = (starts[classes][..., None] + keys.topk(4, dim=-1, largest=False).indices).flatten()
+    expected = images[index].view(7, 3, 4, 1, 8, 8)
+    sx, _, qx, _ = task.sample(7, torch.Generator().manual_seed(5), "train")
+    assert torch.equal(sx.view(7, 3, 1, 1, 8, 8), expected[:, :, :1]) and torch.equal(qx.view(7, 3, 3, 1, 8, 8), expected[:, :, 1:])
+
+
+@needs_shared
+def test_affine_augmentation_distorts_training_images_only(tmp_path):
+    from metarun.tasks.images import affine, affine_params
+
+    options = dict(root=SHARED, cache_dir=tmp_path, ways=5, shots=1, query=2, rotations="per_task", split="alphabet",
+                   val_alphabets=["Korean"], test_alphabets=["Latin"])
+    plain, augmented = Omniglot(**options), Omniglot(augment="affine", **options)
+    assert augmented.splits["train"][0].dtype == torch.uint8  # distorted as uint8, then scaled
+    a = plain.sample(8, torch.Generator().manual_seed(0), "train")
+    b = augmented.sample(8, torch.Generator().manual_seed(0), "train")
+    c = augmented.sample(8, torch.Generator().manual_seed(0), "train")
+    assert all(torch.equal(x, y) for x, y in zip(b, c))  # the task generator's draws: reproducible
+    assert torch.equal(a[1], b[1]) and not torch.equal(a[0], b[0])
+    # The same characters, moved a little: close in ink, far from identical pixel for pixel.
+    ink_a, ink_b = a[0].sum((-1, -2, -3)), b[0].sum((-1, -2, -3))
+    assert ((ink_b - ink_a).abs() / ink_a).median() < 0.35
+    assert (a[0] - b[0]).abs().mean() > 0.01
+    for split in ("val", "test"):  # never distorted
+        assert all(torch.equal(x, y) for x, y in zip(plain.sample(4, torch.Generator().manual_seed(1), split),
+                                                     augmented.sample(4, torch.Generator().manual_seed(1), split)))
+    # Parameters within Koch et al.'s ranges, each component applied about half the time.
+    p = affine_params(4000, 105, torch.Generator().manual_seed(0))
+    assert p[:, 0].abs().max() <= 10 and p[:, 1:3].abs().max() <= 2 and ((p[:, 3] - 1).abs().max() <= 0.2)
+    assert p[:, 4:].abs().max() <= 16.8 and 0.45 < (p[:, 0] != 0).float().mean() < 0.55
+    identity = torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
+    image = plain.splits["train"][0][:1]
+    assert torch.allclose(affine(image, identity), image, atol=1e-6)
+
+
+def test_bad_episode_options_are_config_errors(coded):
+    for options, key in ((dict(episodes="alphabet"), "task.episodes"), (dict(drawers="other"), "task.drawers"),
+                         (dict(augment="koch"), "task.augment"), (dict(rotations="sometimes"), "task.rotations"),
+                         (dict(rotated_splits=["train", "extra"]), "task.rotated_splits"),
+                         (dict(test_alphabets=["Nowhere"]), "task.test_alphabets"),
+                         (dict(val_alphabets=["Delta"], test_alphabets=["Delta"]), "task.test_alphabets"),
+                         (dict(split="character"), "task.test_alphabets")):
+        with pytest.raises(ConfigError) as e:
+            coded_task(coded, **options)
+        assert e.value.key == key, (options, e.value)
+
+
+def test_within_alphabet_with_a_small_alphabet_is_one_line_and_exit_2(shared_data, tmp_path):
+    from conftest import run_metarun
+
+    result = run_metarun("task=omniglot", "model=conv4", f"task.root={shared_data}", f"task.cache_dir={tmp_path}",
+                         "task.split=alphabet", "task.val_alphabets=[Korean]", "task.test_alphabets=[Latin]",
+                         "task.episodes=within_alphabet", "task.ways=20", "task.rotations=per_task", "iterations=1",
+                         cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith("metarun: error: task.ways=20 is not allowed") and "Tagalog has 17 classes in the train split" in lines[0]

@@ -1,4 +1,5 @@
 """`metarun.load_learner` and `metarun-predict`: adapting a trained run to new few-shot tasks."""
+import json
 import shutil
 import sys
 import warnings
@@ -22,6 +23,14 @@ def learner(tiny_run):  # noqa: F811
     return load_learner(tiny_run["run_dir"])
 
 
+@pytest.fixture(scope="module")
+def family(learner):
+    """The run's task family, built from its config (the learner itself does not need the data)."""
+    from hydra.utils import instantiate
+
+    return instantiate(learner.cfg.task, device="cpu")
+
+
 def files(tiny_run, alphabet="Latin", classes=CLASSES, take=slice(0, 2)):  # noqa: F811
     """(paths, labels) of real Omniglot files, labelled by character folder name."""
     paths, labels = [], []
@@ -32,12 +41,12 @@ def files(tiny_run, alphabet="Latin", classes=CLASSES, take=slice(0, 2)):  # noq
     return paths, labels
 
 
-def test_paths_are_preprocessed_exactly_as_the_training_images(learner, tiny_run):  # noqa: F811
+def test_paths_are_preprocessed_exactly_as_the_training_images(learner, family, tiny_run):  # noqa: F811
     paths, labels = files(tiny_run)
     x = learner.task.load_images(paths)
     assert x.shape == (10, 1, 28, 28) and x.dtype == torch.float32
     # Each file's tensor is, bit for bit, one of the images the run was trained and tested on.
-    stored = torch.cat([images for images, *_ in learner.task.splits.values()]).flatten(1).float()
+    stored = torch.cat([images for images, *_ in family.splits.values()]).flatten(1).float()
     assert all((stored == row.flatten()).all(1).any() for row in x)
     from_paths = learner.adapt(paths, labels, steps=3).predict(paths)
     from_tensor = learner.adapt(x, labels, steps=3).predict(x)
@@ -66,9 +75,9 @@ def test_enough_steps_fit_the_support_set(learner, tiny_run):  # noqa: F811
     assert learner.predict(paths).max(-1).values.min() > 0.5
 
 
-def test_transductive_prediction_is_the_evaluation_protocol(learner):
+def test_transductive_prediction_is_the_evaluation_protocol(learner, family):
     """transductive=True gives exactly the query loss of metarun's evaluation (adapt_and_evaluate)."""
-    sx, sy, qx, qy = (t[0] for t in learner.task.sample(1, torch.Generator().manual_seed(3), "test"))
+    sx, sy, qx, qy = (t[0] for t in family.sample(1, torch.Generator().manual_seed(3), "test"))
     model = learner.model
     params = {k: v.detach() for k, v in model.named_parameters()}
     with torch.no_grad():
@@ -80,8 +89,8 @@ def test_transductive_prediction_is_the_evaluation_protocol(learner):
     assert (probs.argmax(-1) == qy).float().mean().item() == pytest.approx(expected["accuracy"][2].item())
 
 
-def test_default_prediction_of_an_image_does_not_depend_on_the_others(learner):
-    sx, sy, qx, qy = (t[0] for t in learner.task.sample(1, torch.Generator().manual_seed(4), "test"))
+def test_default_prediction_of_an_image_does_not_depend_on_the_others(learner, family):
+    sx, sy, qx, qy = (t[0] for t in family.sample(1, torch.Generator().manual_seed(4), "test"))
     learner.adapt(sx, sy, steps=2)
     assert torch.allclose(learner.predict(qx)[:3], learner.predict(qx[:3]), atol=1e-5)
     assert learner.predict(qx[:1]).shape == (1, 5)  # a single image works
@@ -265,10 +274,11 @@ def test_default_learner_reproduces_the_runs_reported_test_figures(tiny_run):  #
     run_dir = tiny_run["run_dir"]
     summary = json.loads((run_dir / "summary.json").read_text())
     learner = load_learner(run_dir)
-    assert learner.checkpoint == summary["tested_checkpoint"] and learner.inner_steps == summary["test_steps"] == 2
+    assert learner.checkpoint == summary["tested_checkpoint"] and learner.inner_steps == summary["test_steps"]
     cfg = learner.cfg
+    family = load_learner(run_dir, [f"task.root={cfg.task.root}"]).task  # a task.* override rebuilds the family
     accuracies, default_accuracies = [], []
-    for sx, sy, qx, qy in task_set(learner.task, "test", cfg.eval_tasks, cfg.eval_seed, cfg.eval_chunk):
+    for sx, sy, qx, qy in task_set(family, "test", cfg.eval_tasks, cfg.eval_seed, cfg.eval_chunk):
         for i in range(len(sx)):
             learner.adapt(sx[i], sy[i])  # default steps
             accuracies.append((learner.predict(qx[i], transductive=True).argmax(-1) == qy[i]).float().mean().item())
@@ -301,3 +311,46 @@ def test_load_learner_takes_best_pt_when_the_run_tested_it(tiny_run, tmp_path): 
     assert load_learner(copy, checkpoint="checkpoint.pt").checkpoint == "checkpoint.pt"
     with pytest.raises(ConfigError, match="best.pt or checkpoint.pt"):
         load_learner(copy, checkpoint="other.pt")
+
+
+def moved_copy(tiny_run, tmp_path):  # noqa: F811
+    """The run dir copied elsewhere, its config pointing at a data set and cache that do not exist."""
+    from omegaconf import OmegaConf
+
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(tiny_run["run_dir"], copy, ignore=shutil.ignore_patterns("eval"))
+    cfg = OmegaConf.load(copy / "config.yaml")
+    cfg.task.root, cfg.task.cache_dir = str(tmp_path / "no_data"), str(tmp_path / "no_cache")
+    (copy / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return copy
+
+
+def test_load_learner_works_from_a_copy_of_the_run_dir_without_the_data(tiny_run, learner, tmp_path, monkeypatch):  # noqa: F811
+    copy = moved_copy(tiny_run, tmp_path)
+    monkeypatch.setenv("METARUN_DATA", str(tmp_path / "no_data"))
+    monkeypatch.setenv("METARUN_CACHE", str(tmp_path / "no_cache"))
+    record = json.loads((copy / "preprocess.json").read_text())
+    assert record["input_shape"] == [1, 28, 28] and record["output_dim"] == 5 and record["invert"] is True
+    moved = load_learner(copy)
+    assert not (tmp_path / "no_data").exists() and not (tmp_path / "no_cache").exists()
+    paths, labels = files(tiny_run)
+    query, _ = files(tiny_run, take=slice(2, 6))
+    expected = learner.adapt(paths, labels, steps=3).predict(query)
+    assert torch.equal(moved.adapt(paths, labels, steps=3).predict(query), expected)
+    assert torch.equal(moved.task.load_images(paths), learner.task.load_images(paths))
+    # The data-backed path needs the data: a task.* override rebuilds the family and says what is missing.
+    with pytest.raises(DataError, match="no Omniglot images found"):
+        load_learner(copy, [f"task.root={tmp_path / 'no_data'}"])
+
+
+def test_metarun_predict_works_from_a_copy_of_the_run_dir_without_the_data(tiny_run, learner, tmp_path, monkeypatch, capsys):  # noqa: F811
+    copy = moved_copy(tiny_run, tmp_path)
+    monkeypatch.setenv("METARUN_DATA", str(tmp_path / "no_data"))
+    support = support_folder(tiny_run, tmp_path / "support")
+    query = files(tiny_run, take=slice(4, 8))[0]
+    assert main([str(copy), "--support", str(support), "--query", *map(str, query), "--steps", "10"]) == 0
+    lines = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+    paths, labels = files(tiny_run)  # the support folder's files, in its (sorted) order
+    probs = learner.adapt(sorted(paths, key=lambda p: (p.parent.name, p.name)), sorted(labels), steps=10).predict(query)
+    assert [label for _, label, _ in lines] == [learner.classes[i] for i in probs.argmax(-1).tolist()]
+    assert [float(p) for *_, p in lines] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-4)

@@ -1,7 +1,12 @@
 """The 4-block convolutional network of Finn et al. (2017) and Vinyals et al. (2016).
 
-Each block is 3x3 conv (64 filters) -> BatchNorm -> ReLU -> 2x2 max-pool; a linear `head` follows
-(the code pools before the ReLU, which gives identical outputs and gradients, see `conv_block`).
+`downsample=maxpool` (Finn's mini-ImageNet net, Vinyals et al.): each block is 3x3 conv (64
+filters) -> BatchNorm -> ReLU -> 2x2 max-pool (the code pools before the ReLU, which gives
+identical outputs and gradients, see `conv_block`). `downsample=stride` (Finn's Omniglot net,
+learn2learn's OmniglotCNN): 3x3 conv with stride 2 -> BatchNorm -> ReLU, no pooling.
+The last feature map is flattened into the head's input, or with `global_pool=true` averaged over
+its positions (Finn's Omniglot net and OmniglotCNN average the 2x2 map of a 28x28 input into 64
+features). A linear `head` follows.
 
 BatchNorm uses the statistics of the batch it sees and keeps no running averages
 (`track_running_stats=False`), as MAML does: each task's support set and query set are
@@ -10,6 +15,8 @@ of its parameters, so it behaves the same under `vmap`, in the inner loop and in
 """
 import torch
 from torch import nn
+
+from metarun.config import ConfigError
 
 
 class TaskBatchNorm2d(nn.BatchNorm2d):
@@ -33,7 +40,9 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         return torch.addcmul(self.bias[:, None, None], centered, scale)
 
 
-def conv_block(in_channels, out_channels):
+def conv_block(in_channels, out_channels, downsample="maxpool"):
+    if downsample == "stride":
+        return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1), TaskBatchNorm2d(out_channels), nn.ReLU())
     # Max-pool before ReLU: the two commute exactly (ReLU is monotone; gradients too, ties
     # included), and the ReLU then runs on a quarter of the activations.
     return nn.Sequential(
@@ -44,13 +53,24 @@ def conv_block(in_channels, out_channels):
     )
 
 
+class SpatialMean(nn.Module):
+    """(n, C, H, W) -> (n, C): the mean over positions."""
+
+    def forward(self, x):
+        return x.mean(dim=(-2, -1))
+
+
 class Conv4(nn.Module):
-    def __init__(self, input_shape, output_dim, channels=64, blocks=4, head_hidden=0):
+    def __init__(self, input_shape, output_dim, channels=64, blocks=4, head_hidden=0, downsample="maxpool", global_pool=False):
         super().__init__()
+        if downsample not in ("maxpool", "stride"):
+            raise ConfigError("model.downsample", downsample, "maxpool or stride")
+        if not isinstance(global_pool, bool):
+            raise ConfigError("model.global_pool", global_pool, "true or false")
         in_channels = input_shape[0]
         self.body = nn.Sequential(
-            *[conv_block(in_channels if i == 0 else channels, channels) for i in range(blocks)],
-            nn.Flatten(),
+            *[conv_block(in_channels if i == 0 else channels, channels, downsample) for i in range(blocks)],
+            SpatialMean() if global_pool else nn.Flatten(),
         )
         with torch.no_grad():
             features = self.body(torch.zeros(2, *input_shape)).shape[1]

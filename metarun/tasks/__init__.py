@@ -34,6 +34,9 @@ class ReadsImages(Protocol):
     def load_images(self, paths: list) -> torch.Tensor:
         """Image files -> float (n, C, H, W), preprocessed as in training."""
 
+    def preprocess(self) -> dict:
+        """What `load_images` does and the output size, as plain values (written to <run dir>/preprocess.json)."""
+
 
 @runtime_checkable
 class RLTaskFamily(Protocol):

@@ -17,6 +17,7 @@ to arbitrary image files.
 """
 import hashlib
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -126,8 +127,10 @@ class ImageTaskFamily:
     def loss_fn(outputs, targets):
         return F.cross_entropy(outputs, targets)
 
-    def set_splits(self, splits):
-        """Keep each split's (images, counts) and check that an episode fits in it."""
+    def set_splits(self, splits, keep_uint8=()):
+        """Keep each split's (images, counts) and check that an episode fits in it.
+
+        Splits in `keep_uint8` stay uint8 (augmentation works on the uint8 images)."""
         self.splits = {}
         for split, (images, counts) in splits.items():
             counts = torch.as_tensor(counts, dtype=torch.int64)
@@ -140,28 +143,51 @@ class ImageTaskFamily:
             starts = torch.cumsum(counts, 0) - counts
             # Small splits (Omniglot) are held as float32, so an episode is a plain row copy;
             # large ones (mini-ImageNet) stay uint8 and each episode is converted on the fly.
-            if images.numel() * 4 <= FLOAT_BUDGET:
+            if images.numel() * 4 <= FLOAT_BUDGET and split not in keep_uint8:
                 images = images.float().div_(255)
             # The images move to the device once; episodes are then gathered there.
             self.splits[split] = (images.contiguous().to(self.device), starts, counts)
 
     def sample(self, n, generator, split="train"):
         """`n` episodes: support (n, ways*shots, C, H, W) and query (n, ways*query, C, H, W), labels int64."""
-        images, starts, counts = self.splits[split]
+        return self.episode(self.draw(n, generator, split), split)
+
+    def draw(self, n, generator, split):
+        """The random choices of `n` episodes, as CPU index tensors; `episode` turns them into images.
+
+        "classes" (n, ways): the split's classes behind labels 0..ways-1; "within" (n, ways, shots +
+        query): image offsets inside each class, support first. Subclasses may add "rotations"
+        (n, ways): quarter turns per class, and "affine" (n * ways * (shots + query), 6): augmentation parameters.
+        """
+        _, _, counts = self.splits[split]
         k = self.shots + self.query
         # The `ways` classes with the largest random keys, in key order: a uniformly random ordered
         # choice, and a class's label is its position, so the class-to-label map is random per task.
         # Random keys are drawn on the CPU (the generator's device): a seed gives the same episodes on
         # every device; only the image indices move to the device.
         classes = torch.rand(n, len(counts), generator=generator, device="cpu").topk(self.ways, dim=1).indices
+        return {"classes": classes, "within": self.draw_images(classes, counts, k, generator)}
+
+    @staticmethod
+    def draw_images(classes, counts, k, generator):
+        """`k` distinct random images of each chosen class: the k smallest of random keys, padding slots never win."""
         chosen = counts[classes]
-        # `k` distinct images per class: the k smallest of random keys, padding slots never win.
-        keys = torch.rand(n, self.ways, int(counts.max()), generator=generator, device="cpu")
+        keys = torch.rand(*classes.shape, int(counts.max()), generator=generator, device="cpu")
         keys.masked_fill_(torch.arange(keys.shape[-1], device="cpu") >= chosen[..., None], 2.0)
-        within = keys.topk(k, dim=-1, largest=False).indices
+        return keys.topk(k, dim=-1, largest=False).indices
+
+    def episode(self, drawn, split):
+        """Gather the drawn images (and rotate or augment them) into (support_x, support_y, query_x, query_y)."""
+        images, starts, _ = self.splits[split]
+        classes, within = drawn["classes"], drawn["within"]
+        n, k = within.shape[0], within.shape[-1]
         shape = images.shape[1:]
         index = (starts[classes][..., None] + within).flatten().to(self.device)
         x = images.index_select(0, index).view(n, self.ways, k, *shape)
+        if "rotations" in drawn:  # one quarter-turn count per class of a task, for all its images
+            x = rotate_classes(x, drawn["rotations"].to(self.device))
+        if "affine" in drawn:
+            x = affine(x.flatten(0, 2), drawn["affine"]).view(n, self.ways, k, *shape)
         if x.dtype == torch.uint8:
             x = x.float().div_(255)
         labels = torch.arange(self.ways, device=self.device)
@@ -170,6 +196,13 @@ class ImageTaskFamily:
         support_y = labels.repeat_interleave(self.shots).repeat(n, 1)
         query_y = labels.repeat_interleave(self.query).repeat(n, 1)
         return support_x, support_y, query_x, query_y
+
+    def preprocess(self):
+        """What turns an image file into a model input, and the model's output size: all that
+        prediction needs (`ImageInputs`), written into the run dir so the data set is not."""
+        return {"input_shape": list(self.input_shape), "output_dim": self.output_dim, "channels": self.channels,
+                "image_size": self.image_size, "invert": self.invert, "scale": 255,
+                "resize": "antialiased bilinear to image_size x image_size, no crop", "classification": self.classification}
 
     def load_images(self, paths):
         """Image files of any size, RGB or grayscale -> float (n, C, H, W), preprocessed as in training."""
@@ -202,3 +235,65 @@ def select_classes(images, counts, keep):
     starts = torch.cumsum(counts, 0) - counts
     index = torch.cat([torch.arange(starts[c], starts[c] + counts[c]) for c in keep])
     return images[index], counts[keep]
+
+
+def rotate_classes(x, quarter_turns):
+    """x (n, ways, k, C, H, W): class j of task i rotated by quarter_turns[i, j] * 90 degrees."""
+    out = x.clone()
+    for turns in (1, 2, 3):
+        chosen = quarter_turns == turns
+        out[chosen] = torch.rot90(x[chosen], turns, dims=(-2, -1))
+    return out
+
+
+# Koch, Zemel and Salakhutdinov (2015)'s affine distortions of 105x105 characters: each component is
+# applied with probability 1/2: rotation in [-10, 10] degrees, shears in [-0.3, 0.3] (as angles,
+# atan(0.3) = 16.7 degrees), scale in [0.8, 1.2] (one factor for both axes: torchvision's affine
+# has a single scale, Koch et al. drew one per axis) and translations in [-2, 2] pixels of 105.
+AFFINE_RANGES = {"angle": 10.0, "shear": math.degrees(math.atan(0.3)), "scale": 0.2, "translate": 2 / 105}
+
+
+def affine_params(m, size, generator):
+    """(m, 6) CPU tensor of per-image parameters: angle, tx, ty (pixels), scale, shear_x, shear_y (degrees);
+    a component whose coin says no is the identity."""
+    u = torch.rand(m, 6, generator=generator, device="cpu") * 2 - 1  # U[-1, 1]
+    on = torch.rand(m, 4, generator=generator, device="cpu") < 0.5  # rotation, shear, scale, translation
+    r = AFFINE_RANGES
+    return torch.stack([
+        u[:, 0] * r["angle"] * on[:, 0],
+        u[:, 1] * r["translate"] * size * on[:, 3],
+        u[:, 2] * r["translate"] * size * on[:, 3],
+        1 + u[:, 3] * r["scale"] * on[:, 2],
+        u[:, 4] * r["shear"] * on[:, 1],
+        u[:, 5] * r["shear"] * on[:, 1],
+    ], 1)
+
+
+def affine(images, params):
+    """Each image (m, C, H, W), uint8 or float, through torchvision's affine with its own parameters (bilinear, zero fill)."""
+    out = torch.empty_like(images)
+    for i, (angle, tx, ty, scale, shx, shy) in enumerate(params.tolist()):  # one host read per episode batch
+        out[i] = TF.affine(images[i], angle=angle, translate=[tx, ty], scale=scale, shear=[shx, shy],
+                           interpolation=TF.InterpolationMode.BILINEAR, fill=0)
+    return out
+
+
+class ImageInputs:
+    """A trained run's input side without its data set: `load_images`, `input_shape`, `output_dim`,
+    `classification`, `loss_fn`, from the `preprocess()` record the run wrote (preprocess.json).
+
+    `load_learner` uses it in place of the task family, so prediction needs only the run dir.
+    """
+
+    def __init__(self, input_shape, output_dim, channels, image_size, invert, scale=255, classification=True,
+                 device="cpu", **_):
+        self.input_shape, self.output_dim = tuple(input_shape), output_dim
+        self.channels, self.image_size, self.invert, self.scale = channels, image_size, invert, scale
+        self.classification, self.device = classification, torch.device(device)
+
+    loss_fn = staticmethod(ImageTaskFamily.loss_fn)
+
+    def load_images(self, paths):
+        return read_images(paths, self.channels, self.image_size, self.invert).float().div_(self.scale).to(self.device)
+
+    preprocess = ImageTaskFamily.preprocess

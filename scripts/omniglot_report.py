@@ -1,0 +1,521 @@
+"""Omniglot on unseen alphabets (issue 15): run the preset and its ablations, write docs/omniglot.md.
+
+    python scripts/omniglot_report.py --commands            # print the command of every run
+    python scripts/omniglot_report.py --run base no_augment # run arms one after another (1 thread each)
+    python scripts/omniglot_report.py                       # rebuild docs/omniglot.md from the runs
+
+Every arm is `metarun +experiment=omniglot_shared_lake <overrides>` in outputs/omniglot/<arm>: the
+preset's data (6 shared alphabets for training, Early_Aramaic for validation, Sanskrit for test)
+and its Lake runs (600 fixed 20-way 1-shot within-alphabet test runs, support and query by
+distinct drawers), one setting changed. The `preset` arm is the preset itself, trained alone on
+the 2 cores (`cpujob -n 2`); the others are shorter runs at 1 thread (two at a time). After
+training, each arm is also evaluated with `mode=eval` on other episodes of the held-out alphabet
+(`EVALS`). The document's numbers, tables, verdicts (metarun.stats) and figures are computed here
+from the runs' files; its prose is docs/src/omniglot.md.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = Path(os.environ.get("OMNIGLOT_OUT") or REPO / "outputs" / "omniglot")  # the runs (a dry run of the doc: another folder)
+PRESET = "omniglot_shared_lake"
+DATA = os.environ.get("METARUN_DATA") or str(next((p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()), "data"))
+
+# The arms. `ref` is the arm it is compared with and `claim` what the comparison tests: the
+# difference error(arm) - error(ref) is claimed "less" (the arm's change helps) or "greater" (the
+# change hurts, i.e. what the reference has helps). Shorter arms run at 1 thread, two at a time.
+SHORT = ["iterations=2000", "eval_every=500", "checkpoint_every=500", "threads=1"]
+ARMS = {
+    "preset": dict(overrides=["threads=1"], change="the preset as shipped (1,000 iterations), at 1 thread",
+                   ref="base", claim="less", question="longer training (the preset's length) helps"),
+    "short": dict(overrides=["iterations=250", "eval_every=125", "checkpoint_every=125", "threads=1"],
+                  change="the preset trained for 250 iterations (a quarter of its length), at 1 thread",
+                  ref="preset", claim="greater", question="training for the preset's 1,000 iterations beats 250"),
+    "base": dict(overrides=SHORT, change="the preset's settings, 2,000 iterations at 1 thread"),
+    "no_augment": dict(overrides=SHORT + ["task.augment=none"], change="no affine distortions of training images",
+                       ref="base", claim="greater", question="Koch et al.'s affine distortions help"),
+    "no_rotation": dict(overrides=SHORT + ["task.rotations=none"], change="no rotated characters in training",
+                        ref="base", claim="greater", question="rotating training characters helps"),
+    "rotation_classes": dict(overrides=SHORT + ["task.rotations=as_classes"],
+                             change="rotated characters as extra classes instead of one rotation per class and task",
+                             ref="base", claim="greater", question="one rotation per class and task (Finn) beats rotations as classes"),
+    "within_alphabet": dict(overrides=SHORT + ["task.rotations=as_classes", "task.episodes=within_alphabet"],
+                            change="training episodes from one alphabet each (rotations as classes: Tagalog's 17 characters then hold 20 ways)",
+                            ref="rotation_classes", claim="less", question="within-alphabet training episodes help"),
+    "finn_5way": dict(overrides=SHORT + ["task.ways=5", "algo.inner_lr=0.4", "algo.inner_steps=1", "meta_batch_size=32",
+                                         "eval_protocol=episodes"],
+                      change="Finn's 5-way settings in training (5 ways, inner lr 0.4, 1 step, meta-batch 32); Lake runs with a "
+                             "zero-initialised 20-way head",
+                      ref="base", claim="greater", question="Finn's 20-way settings beat his 5-way ones"),
+    "size56": dict(overrides=["iterations=500", "eval_every=250", "checkpoint_every=250", "threads=1", "task.image_size=56"],
+                   change="56x56 inputs, for about the same training time (500 iterations)",
+                   ref="base", claim="less", question="56x56 inputs help at equal training time"),
+    "maml": dict(overrides=["algo=maml", "iterations=150", "eval_every=150", "checkpoint_every=150", "threads=1", "eval_steps=5"],
+                 change="MAML (second order, every layer adapts), for about the same training time (150 iterations)",
+                 ref="base", claim="less", question="MAML beats ANIL at equal training time"),
+    "fomaml": dict(overrides=["algo=fomaml", "iterations=600", "eval_every=300", "checkpoint_every=300", "threads=1", "eval_steps=5"],
+                   change="first-order MAML, for about the same training time (600 iterations)",
+                   ref="base", claim="less", question="first-order MAML beats ANIL at equal training time"),
+}
+# The character-held-out protocol of the README's first table (omniglot_shared_5w1s), re-measured.
+OLD = {
+    "old_anil": dict(overrides=["algo=anil", "threads=1"], change="ANIL, 600 iterations"),
+    "old_maml300": dict(overrides=["algo=maml", "iterations=300", "threads=1"], change="MAML, 300 iterations"),
+    "old_maml600": dict(overrides=["algo=maml", "threads=1"], change="MAML, 600 iterations"),
+}
+# Other episodes of the held-out alphabet, by mode=eval on each arm's tested checkpoint.
+EVALS = {
+    "lake": ["eval_protocol=lake"],
+    "ways20": ["eval_protocol=episodes", "task.ways=20"],
+    "ways5": ["eval_protocol=episodes", "task.ways=5"],
+}
+
+
+TAGS = {"preset": "i15-preset", "short": "i15-short"}  # their cpujob tags, for the concurrency note
+
+
+def head():
+    """The run the headline, steps and episodes come from: the preset when it ran, else its short version."""
+    return "preset" if done("preset") else "short"
+
+
+def train_command(arm):
+    preset, overrides = (PRESET, ARMS[arm]["overrides"]) if arm in ARMS else ("omniglot_shared_5w1s", OLD[arm]["overrides"])
+    return ["metarun", f"+experiment={preset}", f"task.root={DATA}", *overrides, "progress=false", f"hydra.run.dir={OUT / arm}"]
+
+
+def eval_command(arm, name):
+    return ["metarun", "mode=eval", f"run_dir={OUT / arm}", *EVALS[name], "threads=1", "progress=false",
+            f"hydra.run.dir={OUT / arm / 'eval' / name}"]
+
+
+def run(cmd, log):
+    print("+ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    with open(log, "a") as f:
+        rc = subprocess.call(cmd, cwd=REPO, env={**os.environ, "WANDB_MODE": "disabled"}, stdout=f, stderr=subprocess.STDOUT)
+    print(f"  exit {rc} after {time.time() - t0:.0f} s", flush=True)
+    return rc
+
+
+def run_arms(arms):
+    OUT.mkdir(parents=True, exist_ok=True)
+    for arm in arms:
+        log = OUT / f"{arm}.log"
+        if not (OUT / arm / "summary.json").is_file() or json.loads((OUT / arm / "summary.json").read_text())["status"] != "completed":
+            if run(train_command(arm), log):
+                continue
+        if arm in OLD:
+            continue
+        trained = json.loads((OUT / arm / "summary.json").read_text())
+        for name in EVALS:
+            if name == "lake" and "lake/error" in trained:
+                continue  # the run's own test was Lake's runs
+            if not (OUT / arm / "eval" / name / "summary.json").is_file():
+                run(eval_command(arm, name), log)
+
+
+# ---------------------------------------------------------------------------------------------
+# The document: everything below reads the runs' files.
+
+def load_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def done(arm):
+    path = OUT / arm / "summary.json"
+    return path.is_file() and load_json(path).get("status") == "completed"
+
+
+def lake_table(arm):
+    """(per-run Lake test errors, the step count they are after, the summary they come from)."""
+    import pandas as pd
+
+    own = load_json(OUT / arm / "summary.json")
+    source = (OUT / arm) if "lake/error" in own else (OUT / arm / "eval" / "lake")
+    summary = load_json(source / "summary.json")
+    runs = pd.read_csv(source / "lake_runs.csv")
+    return runs, summary["test_steps"], summary
+
+
+def lake_error(arm):
+    runs, steps, _ = lake_table(arm)
+    return runs[f"error_step{steps}"].tolist()
+
+
+def val_curve(arm):
+    """Rows of (iteration, training seconds, validation error after the best number of steps at that point)."""
+    rows = []
+    for line in (OUT / arm / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        accuracies = [v for k, v in row.items() if k.startswith("eval/accuracy_step") and not k.endswith("_ci95")]
+        if accuracies:
+            rows.append((row["iteration"], row["time"], 1 - max(accuracies)))
+    return rows
+
+
+def pct(mean, half):
+    from metarun.stats import fmt_ci
+
+    return fmt_ci(100 * mean, 100 * half) + "%"
+
+
+def ablation_blocks(figures):
+    from docgen import md_table
+    from metarun.stats import compare, mean_ci
+
+    rows, verdicts = [], []
+    for arm, spec in ARMS.items():
+        if not done(arm):
+            continue
+        summary = load_json(OUT / arm / "summary.json")
+        errors = lake_error(arm)
+        mean, half, n = mean_ci(errors)
+        row = {"arm": f"`{arm}`", "what changes": spec["change"], "iterations": summary["iteration"],
+               "training time": f"{summary['time'] / 60:.1f} min ({summary.get('threads')} thread{'s' if summary.get('threads', 1) > 1 else ''})",
+               "test steps": lake_table(arm)[1], "Lake error (600 test runs)": pct(mean, half)}
+        if spec.get("ref") and done(spec["ref"]):
+            verdict, d, h = compare(errors, lake_error(spec["ref"]), spec["claim"])
+            row["vs"] = f"`{spec['ref']}`: {100 * d:+.1f} ± {100 * h:.1f} points"
+            row["verdict"] = verdict
+            verdicts.append(f"- *{spec['question']}* (`{arm}` against `{spec['ref']}`): {verdict}, difference "
+                            f"{100 * d:+.1f} ± {100 * h:.1f} points of error.")
+        rows.append(row)
+    columns = ["arm", "what changes", "iterations", "training time", "test steps", "Lake error (600 test runs)", "vs", "verdict"]
+    figures["ablation_table"] = md_table(rows, columns)
+    figures["ablation_verdicts"] = "\n".join(verdicts) or "(no ablation runs yet)"
+
+
+def curves_figure(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for arm in ARMS:
+        if not done(arm):
+            continue
+        it, seconds, err = zip(*val_curve(arm))
+        style = dict(lw=2.5, color="black") if arm == head() else dict(lw=1.2)
+        axes[0].plot(it, [100 * e for e in err], marker="o", ms=3, label=arm, **style)
+        axes[1].plot([t / 60 for t in seconds], [100 * e for e in err], marker="o", ms=3, label=arm, **style)
+    axes[0].set_xlabel("meta-iteration")
+    axes[1].set_xlabel("training time, minutes (1 thread each)")
+    axes[0].set_ylabel("validation Lake error, % (Early_Aramaic, 600 runs)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def steps_blocks(figures, path):
+    """Error after each number of test-time inner steps (validation and test), the preset's choice, and fixed choices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from docgen import md_table
+    from metarun.stats import compare, mean_ci
+
+    runs, chosen, summary = lake_table(head())
+    trained = load_json(OUT / head() / "summary.json")
+    rows_val = [json.loads(line) for line in (OUT / head() / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows_val if r["iteration"] == trained["tested_iteration"] and "eval/accuracy" in r][-1]
+    steps = sorted(int(c[len("error_step"):]) for c in runs.columns if c.startswith("error_step"))
+    test = [mean_ci(runs[f"error_step{k}"]) for k in steps]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(steps, [100 * (1 - val[f"eval/accuracy_step{k}"]) for k in steps], marker="o", label="validation (Early_Aramaic)")
+    ax.errorbar(steps, [100 * m for m, _, _ in test], yerr=[100 * h for _, h, _ in test], marker="s", capsize=3,
+                label="test (Sanskrit), 95% CI")
+    ax.axvline(chosen, color="gray", ls="--", lw=1)
+    ax.set_xlabel("test-time inner steps")
+    ax.set_ylabel("Lake error, %")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    table = []
+    train_steps = load_json(OUT / head() / "summary.json").get("test_steps")
+    cfg = __import__("omegaconf").OmegaConf.load(OUT / head() / "config.yaml")
+    for label, k in (("chosen on validation", chosen), ("as in training (algo.inner_steps)", cfg.algo.inner_steps),
+                     ("eval_steps (the largest evaluated)", cfg.eval_steps), ("one step", 1)):
+        m, h, _ = mean_ci(runs[f"error_step{k}"])
+        row = {"test-time steps": f"{label}: {k}", "test Lake error": pct(m, h)}
+        if k != chosen:
+            verdict, d, hd = compare(runs[f"error_step{k}"], runs[f"error_step{chosen}"], "greater")
+            row["vs chosen"] = f"{100 * d:+.1f} ± {100 * hd:.1f} points (that the chosen count is better: {verdict})"
+        table.append(row)
+    figures["steps_table"] = md_table(table, ["test-time steps", "test Lake error", "vs chosen"])
+    figures["chosen_steps"] = str(chosen)
+    assert train_steps == chosen
+
+
+def preset_learner():
+    from metarun.learner import load_learner
+
+    return load_learner(OUT / head())
+
+
+def lake_family(learner):
+    """The Lake runs of the preset's splits, from the data (the learner itself needs none)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from metarun.lake import lake_config
+
+    cfg = OmegaConf.merge(learner.cfg.task, {"root": DATA})
+    return instantiate(lake_config(cfg), device="cpu")
+
+
+def episodes_figure(learner, family, path, runs=3):
+    """The first test runs: the 20 support images (one per character, one drawer), and each query image
+    (another drawer) with the support character the adapted model picks: green when right, red when wrong."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from metarun.evaluate import task_set
+
+    cfg = learner.cfg
+    sx, sy, qx, qy = next(task_set(family, "test", runs, cfg.eval_seed, runs))
+    fig, axes = plt.subplots(3 * runs, 20, figsize=(14, 2.3 * runs))
+    for r in range(runs):
+        probs = learner.adapt(sx[r], sy[r]).predict(qx[r], transductive=True)
+        guess = probs.argmax(-1)
+        for j in range(20):
+            top, mid, low = axes[3 * r, j], axes[3 * r + 1, j], axes[3 * r + 2, j]
+            top.imshow(1 - sx[r, j, 0], cmap="gray", vmin=0, vmax=1)
+            top.set_title(str(j + 1), fontsize=7)
+            mid.imshow(1 - qx[r, j, 0], cmap="gray", vmin=0, vmax=1)
+            ok = bool(guess[j] == qy[r, j])
+            for side in mid.spines.values():
+                side.set_edgecolor("green" if ok else "red")
+                side.set_linewidth(2.5)
+            low.imshow(1 - sx[r, int(guess[j]), 0], cmap="gray", vmin=0, vmax=1)
+            low.set_title(f"{int(guess[j]) + 1} ({100 * float(probs[j].max()):.0f}%)", fontsize=6,
+                          color="green" if ok else "red")
+            for ax in (top, mid, low):
+                ax.set_xticks([])
+                ax.set_yticks([])
+        axes[3 * r, 0].set_ylabel(f"run {r + 1}\nsupport", fontsize=7)
+        axes[3 * r + 1, 0].set_ylabel("query", fontsize=7)
+        axes[3 * r + 2, 0].set_ylabel("picked", fontsize=7)
+    fig.tight_layout(h_pad=0.3, w_pad=0.1)
+    fig.savefig(path, dpi=75)  # 60 small images: keeps the PNG small
+    plt.close(fig)
+
+
+def per_image_lake_error(learner, family):
+    """Lake error of the preset when each query image is classified alone (BatchNorm statistics of the
+    support set and that image: `Learner.predict`'s default), over the same 600 test runs."""
+    from metarun.evaluate import task_set
+    from metarun.stats import mean_ci
+
+    cfg = learner.cfg
+    errors = []
+    for sx, sy, qx, qy in task_set(family, "test", cfg.eval_tasks, cfg.eval_seed, cfg.eval_chunk):
+        for i in range(len(sx)):
+            guess = learner.adapt(sx[i], sy[i]).predict(qx[i]).argmax(-1)
+            errors.append((guess != qy[i]).float().mean().item())
+    return mean_ci(errors)
+
+
+def headline_blocks(figures, learner, family):
+    from metarun.stats import mean_ci
+
+    summary = load_json(OUT / head() / "summary.json")
+    mean, half, n = mean_ci(lake_error(head()))
+    ways = {name: load_json(OUT / head() / "eval" / name / "summary.json") for name in ("ways5", "ways20")}
+    alone = per_image_lake_error(learner, family)
+    target = "met" if mean + half <= 0.15 else ("missed" if mean - half > 0.15 else "not resolved (the CI straddles 15%)")
+    short = head() != "preset"
+    preset_iterations = 1000
+    if short:
+        target += (f" for this {summary['iteration']}-iteration run; the preset's own {preset_iterations}-iteration figure "
+                   f"is not measured")
+    projected = summary["time"] / summary["iteration"] * preset_iterations
+    time_target = (f"target <= 30 min on the 2-core machine: {'met' if projected <= 1800 else 'missed'}"
+                   + (f", projected: the preset's {preset_iterations} iterations at this rate take {projected / 60:.0f} min"
+                      if short else ""))
+    figures["headline"] = "\n".join(
+        ([f"- **Measured on the preset trained for {summary['iteration']} of its {preset_iterations} iterations** (the run "
+          f"lane had no free slot for the whole preset before this session's deadline)."] if short else []) + [
+        f"- Lake error on the held-out alphabet (Sanskrit), {n} runs: **{pct(mean, half)}** "
+        f"(target <= 15%: {target}); accuracy {pct(1 - mean, half)}.",
+        f"- The same, each query image classified alone (BatchNorm statistics of the support set and that "
+        f"image, `Learner.predict`'s default): {pct(alone[0], alone[1])}.",
+        f"- 20-way 1-shot episodes of Sanskrit (`mode=eval eval_protocol=episodes task.ways=20`): accuracy "
+        f"{pct(ways['ways20']['test/accuracy'], ways['ways20']['test/accuracy_ci95'])}; "
+        f"5-way 1-shot (`task.ways=5`, head zero-initialised): "
+        f"{pct(ways['ways5']['test/accuracy'], ways['ways5']['test/accuracy_ci95'])}.",
+        f"- Training: {summary['iteration']} meta-iterations in {summary['time'] / 60:.1f} min at "
+        f"{summary['threads']} thread{'s' if summary['threads'] > 1 else ''} ({concurrency(TAGS[head()])}); {time_target} (a 1-thread job beside "
+        f"others is not faster than the same job with both cores); the whole command, evaluations included, "
+        f"{summary['wall_time'] / 60:.1f} min; tested `{summary['tested_checkpoint']}` (iteration "
+        f"{summary['tested_iteration']}) after {summary['test_steps']} inner steps chosen on validation.",
+    ])
+
+
+def old_protocol_blocks(figures):
+    from docgen import md_table
+
+    rows = []
+    for arm, spec in OLD.items():
+        if not done(arm):
+            continue
+        s = load_json(OUT / arm / "summary.json")
+        rows.append({"run": f"`omniglot_shared_5w1s` {spec['change']}", "protocol": "5-way 1-shot, held-out characters of the 8 alphabets",
+                     "test accuracy": pct(s["test/accuracy"], s["test/accuracy_ci95"]), "test steps": s["test_steps"],
+                     "training time": f"{s['time'] / 60:.1f} min (1 thread)"})
+    if done("preset") or done("short"):
+        s = load_json(OUT / head() / "summary.json")
+        for name, label in (("ways5", "5-way 1-shot"), ("ways20", "20-way 1-shot")):
+            e = load_json(OUT / head() / "eval" / name / "summary.json")
+            rows.append({"run": f"`omniglot_shared_lake`, {s['iteration']} iterations", "protocol": f"{label}, held-out alphabet (Sanskrit)",
+                         "test accuracy": pct(e["test/accuracy"], e["test/accuracy_ci95"]), "test steps": e["test_steps"],
+                         "training time": f"{s['time'] / 60:.1f} min ({s['threads']} thread)"})
+        rows.append({"run": f"`omniglot_shared_lake`, {s['iteration']} iterations", "protocol": "Lake's runs: 20-way within-alphabet, new drawers, Sanskrit",
+                     "test accuracy": pct(1 - s["lake/error"], s["lake/error_ci95"]), "test steps": s["test_steps"],
+                     "training time": f"{s['time'] / 60:.1f} min ({s['threads']} thread)"})
+    if not any(done(arm) for arm in OLD):
+        rows.append({"run": "`omniglot_shared_5w1s` (README's first table)", "protocol": "5-way 1-shot, held-out characters",
+                     "test accuracy": "not re-measured in this session: see the README's first table",
+                     "training time": f"`python scripts/omniglot_report.py --run {' '.join(OLD)}`"})
+    figures["protocol_table"] = md_table(rows, ["run", "protocol", "test accuracy", "test steps", "training time"])
+
+
+LEDGER = Path("/work/.cpu/ledger.log")
+
+
+def concurrency(tag):
+    """Which other CPU jobs ran beside the job `tag` (from the machine's cpujob ledger, when present)."""
+    import datetime as dt
+
+    if not LEDGER.is_file():
+        return "concurrent jobs not recorded"
+    spans, names, lanes, mine = {}, {}, {}, None
+    for line in LEDGER.read_text().splitlines():
+        parts = line.split(" ", 4)
+        if len(parts) < 5 or not parts[1].startswith("pid="):
+            continue
+        when, pid, rest = dt.datetime.fromisoformat(parts[0]), parts[1], " ".join(parts[2:])
+        lane = next((lane for lane in ("run x1 ", "quick ", "alone x2 ") if rest.startswith(lane)), "")
+        rest = rest[len(lane):]
+        if rest.startswith("start "):
+            spans[pid] = [when, None]
+            names[pid], lanes[pid] = rest.split(" ")[1], lane.strip()
+            if names[pid] == tag:
+                mine = pid
+        elif rest.startswith("end ") and pid in spans:
+            spans[pid][1] = when
+    if mine is None:
+        return "concurrent jobs not recorded"
+    start, end = spans[mine]
+    end = end or dt.datetime.now()
+
+    def alive(pid):  # a job without an end line either still runs or died before writing one
+        return Path(f"/proc/{pid[len('pid='):]}").exists()
+
+    others = [p for p, (a, b) in spans.items() if p != mine and a < end and (b > start if b else alive(p))]
+    alone = [p for p in others if lanes[p] == "alone x2"]
+    shared = len(others) - len(alone)
+    return (f"{shared} other 1-thread jobs shared the 2 cores at some point of its span"
+            + (f", and it stood paused during {len(alone)} machine-alone job{'s' if len(alone) > 1 else ''}" if alone else "")
+            + "; cpujob ledger")
+
+
+def cost_block():
+    if not done(head()):
+        if not done("probe"):
+            return "No training run of the preset has finished yet."
+        s = load_json(OUT / "probe" / "summary.json")
+        return (f"A meta-iteration of this preset cost {s['time'] / s['iteration']:.2f} s at 1 thread here (a probe run of "
+                f"{s['iteration']} iterations, `outputs/omniglot/probe`, {concurrency('i15-probe')}), so a 1,000-iteration run "
+                f"costs about {s['time'] / s['iteration'] * 1000 / 60:.0f} core-minutes before its evaluations.")
+    s = load_json(OUT / head() / "summary.json")
+    per_it = s["time"] / s["iteration"]
+    return (f"A meta-iteration of this preset cost {per_it:.2f} s at 1 thread here ({s['iteration']} iterations in "
+            f"{s['time'] / 60:.1f} min, {concurrency(TAGS[head()])}), and the whole {s['iteration']}-iteration run with its "
+            f"evaluations {s['wall_time'] / 60:.0f} min.")
+
+
+def coverage_block():
+    ran = [a for a in [*ARMS, *OLD] if done(a)]
+    missing = [a for a in [*ARMS, *OLD] if not done(a)]
+    lines = [f"Runs in this document: {', '.join(f'`{a}`' for a in ran) or 'none'} (one seed each)."]
+    if missing:
+        lines.append(f"Not run: {', '.join(f'`{a}`' for a in missing)}. They run with "
+                     f"`python scripts/omniglot_report.py --run {' '.join(missing)}` (each arm's exact command: "
+                     f"`python scripts/omniglot_report.py --commands`); the document picks them up when rebuilt.")
+    return " ".join(lines)
+
+
+def commands_block():
+    lines = ["```bash", "# the preset at 1 thread, then its evaluations on other episodes (what --run preset does):"]
+    lines += [" ".join(train_command("preset"))] + [" ".join(eval_command("preset", n)) for n in EVALS]
+    lines += ["# every arm, training and evaluations (what this script's --run does):",
+              "python scripts/omniglot_report.py --commands", "python scripts/omniglot_report.py --run " + " ".join(a for a in ARMS if a != "preset"),
+              "python scripts/omniglot_report.py --run " + " ".join(OLD), "# this document:", "python scripts/omniglot_report.py", "```"]
+    return "\n".join(lines)
+
+
+def write_doc():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from docgen import render
+
+    figures_dir = REPO / "docs" / "omniglot"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    blocks = {"cost": cost_block(), "coverage": coverage_block()}
+    figures = {"curves_figure": ("curves.png", "validation Lake error during training"),
+               "steps_figure": ("steps.png", "Lake error after k inner steps"),
+               "episodes_figure": ("episodes.png", "three Lake test runs with predictions")}
+    if done(head()):
+        learner = preset_learner()
+        family = lake_family(learner)
+        headline_blocks(blocks, learner, family)
+        steps_blocks(blocks, figures_dir / "steps.png")
+        curves_figure(figures_dir / "curves.png")
+        episodes_figure(learner, family, figures_dir / "episodes.png")
+        blocks.update({name: f"![{alt}](omniglot/{file})" for name, (file, alt) in figures.items()})
+    else:
+        missing = "(not available: the preset's training run has not finished; see above for its command)"
+        blocks.update({"headline": "- " + missing, "steps_table": "", "chosen_steps": "none yet"})
+        blocks.update({name: missing for name in figures})
+    ablation_blocks(blocks)
+    old_protocol_blocks(blocks)
+    blocks["commands"] = commands_block()
+    render(REPO / "docs" / "src" / "omniglot.md", REPO / "docs" / "omniglot.md", blocks, script="omniglot_report.py")
+    print(f"wrote {REPO / 'docs' / 'omniglot.md'}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", nargs="+", metavar="ARM", choices=[*ARMS, *OLD], help="train (and evaluate) these arms")
+    parser.add_argument("--commands", action="store_true", help="print the commands of every run and exit")
+    args = parser.parse_args()
+    if args.commands:
+        for arm in [*ARMS, *OLD]:
+            print(" ".join(train_command(arm)))
+            for name in EVALS if arm in ARMS else ():
+                print(" ".join(eval_command(arm, name)))
+        return
+    if args.run:
+        run_arms(args.run)
+        return
+    write_doc()
+
+
+if __name__ == "__main__":
+    main()
