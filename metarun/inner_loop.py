@@ -79,11 +79,13 @@ class Adam:
     `state` is the optimizer's per-parameter state before this step, `{name: {"exp_avg",
     "exp_avg_sq", "step"}}` as `torch.optim.Adam.state` holds it (None or a missing name: zeros),
     so one step from it equals the real optimizer's next step. Later steps continue from the
-    updated moments.
+    updated moments. `detach_second_moment` feeds the second moment a detached gradient, so
+    derivatives flow through the first moment only (LIRPG's reference code: tf.stop_gradient there).
     """
 
-    def __init__(self, betas=(0.9, 0.999), eps=1e-8, state=None):
+    def __init__(self, betas=(0.9, 0.999), eps=1e-8, state=None, detach_second_moment=False):
         self.betas, self.eps, self.state = betas, eps, state or {}
+        self.detach_second_moment = detach_second_moment
 
     def init(self, fast):
         def start(k, p):
@@ -101,7 +103,8 @@ class Adam:
             g = grads[k]
             t = t + 1
             m = beta1 * m + (1 - beta1) * g
-            v = beta2 * v + (1 - beta2) * g * g
+            gv = g.detach() if self.detach_second_moment else g
+            v = beta2 * v + (1 - beta2) * gv * gv
             rate = lr[k] if isinstance(lr, dict) else lr
             denom = v.sqrt() / torch.sqrt(1 - beta2 ** t) + self.eps
             new_fast[k] = p - rate / (1 - beta1 ** t) * m / denom

@@ -22,7 +22,7 @@ from metarun.checkpoint import atomic_write
 from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
-from metarun.tasks import KnowsOptimum, RLTaskFamily
+from metarun.tasks import EnvTaskFamily, KnowsOptimum, RLTaskFamily
 
 
 class NonFiniteLoss(RuntimeError):
@@ -41,8 +41,9 @@ def build(cfg):
     model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim).to(device)
     optimizer = _instantiate(cfg.optim)(model.parameters())
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
-    if isinstance(task, RLTaskFamily) and not isinstance(algo, SelfEvaluating):
-        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, half_cheetah_dir)")
+    if isinstance(task, (RLTaskFamily, EnvTaskFamily)) and not isinstance(algo, SelfEvaluating):
+        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, "
+                          "half_cheetah_dir); ppo or lirpg for mujoco_delayed")
     return task, model, optimizer, algo
 
 
