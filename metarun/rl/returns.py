@@ -14,16 +14,21 @@ def discount_matrix(h, factor, dones=None, dtype=torch.float32, device="cpu"):
     `discounted_sum(x, factor, dones)` is x @ W: an algorithm that needs some entries of the sum
     many times for changing x (LIRPG's minibatches of a GAE in eta) can keep W and take rows of W^T.
     """
-    t = torch.arange(h, device=device)
-    power = t[:, None] - t[None, :]  # [j, t] = j - t
-    weights = torch.where(power >= 0, factor ** power.clamp_min(0).to(dtype), torch.zeros((), dtype=dtype, device=device))
+    powers = factor ** torch.arange(h, device=device).to(dtype)
+    # A Toeplitz matrix: with padded[h - 1 + k] = factor^k (0 for k < 0), W^T[t, j] = padded[h - 1 + j - t].
+    # Its rows read backwards are overlapping windows of `padded` (a strided view), so the h x h
+    # matrix costs one copy instead of h^2 powers.
+    padded = torch.cat([torch.zeros(h - 1, dtype=dtype, device=device), powers])
+    weights = padded.as_strided((h, h), (1, 1)).flip(0).T  # [j, t], a fresh tensor
     if dones is None:
         return weights
     # Episode index of each step: ends[t] = number of episode ends strictly before t. Step j counts
     # for t only if no episode ended in [t, j - 1], i.e. ends[j] == ends[t].
     ends = torch.cumsum(dones.to(dtype), -1) - dones.to(dtype)
-    same = ends[..., :, None] == ends[..., None, :]  # [..., j, t]
-    return weights * same
+    other = ends[..., :, None] != ends[..., None, :]  # [..., j, t]
+    if other.dim() == 2:
+        return weights.masked_fill_(other, 0)
+    return weights.masked_fill(other, 0)
 
 
 def discounted_sum(x, factor, dones=None):
