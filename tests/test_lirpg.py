@@ -195,3 +195,91 @@ def test_missing_mujoco_is_a_data_error(monkeypatch):
 
     with pytest.raises(DataError, match=r'needs MuJoCo .*pip install "metarun\[rl\]"'):
         MujocoDelayed()
+
+
+RESUME = ["algo.nsteps=64", "algo.minibatches=4", "algo.epochs=2", "model.hidden=[8]", "iterations=6", "eval_every=2",
+          "log_every=1", "checkpoint_every=3", "eval_tasks=2", "eval_steps=0", "task=mujoco_delayed", "model=actor_critic",
+          "device=cpu"]
+
+
+@pytest.mark.parametrize("algo", ["lirpg", "ppo"])
+def test_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch, algo):
+    # The checkpoint at iteration 3 falls inside an episode (a random Hopper policy falls after ~20-60
+    # steps, 64 steps per iteration): the MuJoCo state, the env's RNG, the time limit, the delayed
+    # reward, the normaliser, both optimizers and eta must all come back for the rows to be equal.
+    from test_resume import check_resume_equals_uninterrupted, rows
+
+    from metarun.algos.lirpg import LIRPG
+    from metarun.algos.ppo import PPO
+
+    extra = ["algo.intrinsic_hidden=[8]"] if algo == "lirpg" else []
+    full, _ = check_resume_equals_uninterrupted(tmp_path, monkeypatch, LIRPG if algo == "lirpg" else PPO,
+                                                [f"algo={algo}", *RESUME, *extra], 5)
+    last = rows(tmp_path / "full")[-1]
+    assert last["train/env_steps"] == 6 * 64 and last["train/episodes"] > 0
+    state = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert state["algo"]["runner"]["wrappers"][0]["count"] >= 0 and state["algo"]["runner"]["mujoco"].numel() > 10
+
+
+def test_step_and_evaluation_are_device_clean():
+    from test_device import audited
+
+    algo = tiny_lirpg()
+    assert audited(lambda: algo.step(None)) == []
+    assert audited(lambda: algo.evaluate("val", 2, 0, 1, 1)) == []
+
+
+def test_evaluation_is_seeded_by_split_and_independent_of_chunk():
+    algo = tiny_lirpg()
+    val = algo.evaluate("val", 3, 0, 7, chunk=3)["return"]
+    assert val.shape == (1, 3)
+    assert torch.equal(val, algo.evaluate("val", 3, 0, 7, chunk=1)["return"])
+    assert not torch.equal(val, algo.evaluate("test", 3, 0, 7, chunk=3)["return"])
+
+
+def test_ppo_learns_undelayed_hopper_in_a_few_updates(tmp_path):
+    # A run that actually learns: 12 updates of 1024 steps lift the training return of a random policy.
+    summary = run(make_cfg("algo=ppo", "task=mujoco_delayed", "model=actor_critic", "task.reward_delay=1", "algo.nsteps=1024",
+                           "iterations=12", "eval_every=12", "eval_tasks=2", "eval_steps=0", "log_every=1", "progress=false",
+                           "device=cpu"), tmp_path)
+    returns = [json.loads(line).get("train/return") for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    returns = [r for r in returns if r is not None]
+    assert returns[-1] > 1.5 * returns[0], returns
+    assert summary["test/return"] > 100
+
+
+def test_quick_presets_run_end_to_end_from_the_command_line(tmp_path):
+    from conftest import run_metarun
+
+    for preset in ("lirpg_hopper_delayed", "ppo_hopper_delayed"):
+        out = run_metarun(f"+experiment={preset}", f"hydra.run.dir={tmp_path / preset}", "threads=1", cwd=tmp_path, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "final: test/return=" in out.stdout
+        rows = [json.loads(line) for line in (tmp_path / preset / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["train/env_steps"] == 2 * 2048 and "eval/return" in rows[-1]
+    evaluated = run_metarun("mode=eval", f"run_dir={tmp_path / 'lirpg_hopper_delayed'}", f"hydra.run.dir={tmp_path / 'ev'}",
+                            cwd=tmp_path, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["test/return"] == pytest.approx(
+        json.loads((tmp_path / "lirpg_hopper_delayed" / "summary.json").read_text())["test/return"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("task.reward_delay=0", "task.reward_delay=0 is not allowed: must be an integer >= 1"),
+    ("task.env_id=Hopper-v9", "task.env_id='Hopper-v9' is not allowed: must be a Gymnasium MuJoCo v5 environment id"),
+])
+def test_bad_input_from_the_command_line_is_one_line_and_exit_2(tmp_path, override, expected):
+    from conftest import run_metarun
+
+    out = run_metarun("+experiment=lirpg_hopper_delayed", override, cwd=tmp_path, timeout=60)
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"metarun: error: {expected}"), out.stderr
+
+
+def test_ppo_and_lirpg_refuse_other_task_families_and_models():
+    with pytest.raises(ConfigError, match="task='Sinusoid' is not allowed: a task family with one persistent environment"):
+        build(make_cfg("algo=ppo", "model=actor_critic"))
+    with pytest.raises(ConfigError, match="model='MLP' is not allowed: actor_critic"):
+        build(make_cfg("algo=lirpg", "task=mujoco_delayed"))
+    with pytest.raises(ConfigError, match="ppo or lirpg for mujoco_delayed"):
+        build(make_cfg("algo=maml", "task=mujoco_delayed"))

@@ -99,8 +99,9 @@ class LIRPG(PPO):
         if not self.meta_step:
             return super().update(data, mb)  # the frozen control: PPO on the mixed reward
         outer_loss, rule, stats = self.meta_objective(data, mb)
-        self.eta_optimizer.zero_grad(set_to_none=True)
-        outer_loss.backward()
+        eta = list(self.intrinsic.parameters())
+        for p, g in zip(eta, torch.autograd.grad(outer_loss, eta)):  # with respect to eta only (not theta's leaf)
+            p.grad = g
         torch.nn.utils.clip_grad_norm_(self.intrinsic.parameters(), self.max_grad_norm)
         self.eta_optimizer.step()
         # The policy's real step from the same state with the same clipped gradient: theta <- theta'.
@@ -121,7 +122,7 @@ class LIRPG(PPO):
         theta = {"theta": torch.cat([p.detach().reshape(-1) for p in self.model.parameters()])}
         rule = LookaheadAdam(eps=1e-5, state=self.adam_state(), detach_second_moment=self.detach_second_moment)
         theta_new = adapt(lambda p: self.ppo_loss(self.unflatten(p["theta"]), data, mb, adv_mix, ret_mix)[0], theta, 1,
-                          self.lr_alpha, rule=rule, max_grad_norm=self.max_grad_norm)
+                          self.lr_alpha, rule=rule, max_grad_norm=self.max_grad_norm, functional=False)
         # The outer loss: the extrinsic PPO objective of the updated policy, and V_ex's loss.
         mean, log_std = functional_call(self.model, self.unflatten(theta_new["theta"]), (data["obs"][mb],), tie_weights=False)
         logp = gaussian_log_prob(mean, log_std, data["actions"][mb])
