@@ -283,3 +283,21 @@ def test_ppo_and_lirpg_refuse_other_task_families_and_models():
         build(make_cfg("algo=lirpg", "task=mujoco_delayed"))
     with pytest.raises(ConfigError, match="ppo or lirpg for mujoco_delayed"):
         build(make_cfg("algo=maml", "task=mujoco_delayed"))
+
+
+def test_autograd_and_torch_func_inner_gradients_give_the_same_meta_gradient(monkeypatch):
+    # LIRPG takes the lookahead's inner gradient with adapt(functional=False); torch.func.grad
+    # (functional=True, what vmapped callers use) must give the same eta gradient.
+    import metarun.algos.lirpg as lirpg
+    from metarun.inner_loop import adapt
+
+    algo = tiny_lirpg("algo.r_ex_coef=0.5")
+    data = float64_batch(algo)
+    prime_optimizer(algo, data)
+    mb = torch.arange(3, 12)
+    eta = list(algo.intrinsic.parameters())
+    by_autograd = torch.autograd.grad(algo.meta_objective(data, mb)[0], eta)
+    monkeypatch.setattr(lirpg, "adapt", lambda *a, **k: adapt(*a, **{**k, "functional": True}))
+    by_func = torch.autograd.grad(algo.meta_objective(data, mb)[0], eta)
+    for a, b in zip(by_autograd, by_func):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
