@@ -58,8 +58,8 @@ class Normalizer:
         """The normalised observation; `update` counts it in the statistics (training) or not (evaluation)."""
         if self.obs_rms is None:
             return np.asarray(obs, np.float64)
-        if update:
-            self.obs_rms.update(np.asarray(obs, np.float64)[None])
+        if update:  # one observation: the batch update with mean x, variance 0, count 1, without numpy's reductions
+            self.obs_rms.update_from_moments(np.asarray(obs, np.float64), 0.0, 1)
         return np.clip((obs - self.obs_rms.mean) / np.sqrt(self.obs_rms.var + self.epsilon), -self.clip_obs, self.clip_obs)
 
     def reward(self, reward, done):
