@@ -301,3 +301,19 @@ def test_autograd_and_torch_func_inner_gradients_give_the_same_meta_gradient(mon
     by_func = torch.autograd.grad(algo.meta_objective(data, mb)[0], eta)
     for a, b in zip(by_autograd, by_func):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_metarun_report_on_a_ppo_and_lirpg_sweep(tmp_path):
+    # PPO counts no oracle calls ({}), LIRPG does: the report's table must take both.
+    from conftest import REPO, run_metarun
+
+    from metarun import report
+
+    sweep_dir = tmp_path / "multirun"
+    result = run_metarun("-m", "+experiment=lirpg_delayed_sweep", "seed=0", "algo=ppo,lirpg", "algo.nsteps=128",
+                         "algo.minibatches=2", "algo.epochs=1", "progress=false", f"hydra.sweep.dir={sweep_dir}", cwd=REPO,
+                         timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = report.report(sweep_dir, out=tmp_path / "report", smooth=1)["table"].set_index("setting")
+    assert table.loc["algo=lirpg", "oracle_calls_per_iter"] == 2 * 3  # inner, outer gradient and second-order product per minibatch
+    assert table.loc["algo=ppo", "oracle_calls_per_iter"] == 0 and table["final_test_return"].notna().all()
