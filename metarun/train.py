@@ -82,6 +82,30 @@ def write_config(run_dir, cfg):
     atomic_write(Path(run_dir) / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(plain, resolve=True).encode()))
 
 
+def provenance(device):
+    """What produced a run's figures: versions, device and, from a git checkout, the commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("metarun")
+    except PackageNotFoundError:
+        own = None
+    commit = None
+    try:  # a reviewer can check out exactly the code that made the figures; "+dirty" if it had edits
+        import subprocess
+
+        here = Path(__file__).resolve().parent
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            commit = head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"metarun": own, "git_commit": commit, "torch": torch.__version__, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+
+
 def rng_state(generator):
     state = {"task_rng": generator.get_state(), "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -125,7 +149,8 @@ def run(cfg, run_dir, group=None, name=None):
 
     print(f"metarun: writing to {run_dir}", flush=True)
     loggers = Loggers(cfg, run_dir, group, name, start if cfg.resume else None)
-    summary = {"status": "running", "iteration": start, "run_dir": str(run_dir), "name": name, "group": group}
+    summary = {"status": "running", "iteration": start, "run_dir": str(run_dir), "name": name, "group": group,
+               "provenance": provenance(next(model.parameters()).device)}
     write_summary(run_dir, summary)
 
     def evaluation(split, prefix):

@@ -133,10 +133,10 @@ NOTES = """## How it works
   shrinking (the `action std` column): a sharper post-adaptation policy loses less return to its
   own noise, so the meta-objective keeps lowering the std, while the REINFORCE step on
   standardised advantages grows as 1/std in the mean's units, so the later steps overshoot more.
-- **Oracle counts** per meta-iteration (T tasks, K inner steps): `inner_grad` = K*T for sampling,
-  K*T for the outer pass and K*T per line-search trial; `outer_grad` = T; `second_order` = one per
-  task per Fisher-vector product, plus (unless first_order) K inner Hessian-vector products per task
-  for the outer gradient and two per task per Fisher-vector product (J v and J^T).
+- **Oracle counts** (`oracle/*` in metrics.jsonl): the counting rules are written where they are
+  computed, in `MAMLRL.oracle_calls` (metarun/algos/maml_rl.py), and
+  tests/test_rl.py counts the inner gradients actually taken against them, so this page does not
+  restate them.
 
 ## Differences from the reference
 

@@ -26,6 +26,7 @@ from metarun.config import ConfigError
 from metarun.evaluate import split_seed
 from metarun.inner_loop import adapt, adapted_names, task_functions
 from metarun.rl.returns import discounted_returns
+from metarun.tasks import RLTaskFamily
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -106,7 +107,7 @@ class MAMLRL:
                  inner_l2=0.0):
         if outer not in ("trpo", "adam"):
             raise ConfigError("algo.outer", outer, "one of trpo, adam")
-        if not hasattr(task, "env"):
+        if not isinstance(task, RLTaskFamily):
             raise ConfigError("task", type(task).__name__, "an RL task family with an env: navigation2d, half_cheetah_vel, half_cheetah_dir")
         def integer(v, low):
             return isinstance(v, int) and not isinstance(v, bool) and v >= low

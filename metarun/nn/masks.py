@@ -13,46 +13,30 @@ import torch
 from torch import nn
 
 
-class _StepTanh(torch.autograd.Function):
-    generate_vmap_rule = True
+class _Step(torch.autograd.Function):
+    generate_vmap_rule = True  # so it works under torch.func's vmap and grad
 
     @staticmethod
-    def forward(x):
+    def forward(x, backward):
         return (x > 0).to(x.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        pass
+        ctx.backward = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
-        return torch.tanh(grad)
+        return (torch.tanh(grad) if ctx.backward == "tanh" else grad), None
 
 
-class _StepIdentity(torch.autograd.Function):
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x):
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-BACKWARDS = {"tanh": _StepTanh, "identity": _StepIdentity}
+BACKWARDS = ("tanh", "identity")
 
 
 def binary_step(x, backward="tanh"):
     """1[x > 0] as a float tensor, with the straight-through backward `backward` ("tanh" or "identity")."""
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, not {backward!r}")
-    return BACKWARDS[backward].apply(x)
+    return _Step.apply(x, backward)
 
 
 def threshold_mask(weight, thresholds, backward="tanh"):
