@@ -42,7 +42,6 @@ def float64_batch(algo):
         data["logp"] = gaussian_log_prob(mean, log_std, data["actions"]) - 0.05  # ratios != 1: a non-trivial surrogate
         data["next_values"] = algo.model.value(data["next_obs"])
     algo.advantages(data)
-    data["gae_rows"] = data["gae_rows"].double()
     return data
 
 
@@ -323,3 +322,22 @@ def test_metarun_report_on_a_ppo_and_lirpg_sweep(tmp_path):
     table = report.report(sweep_dir, out=tmp_path / "report", smooth=1)["table"].set_index("setting")
     assert table.loc["algo=lirpg", "oracle_calls_per_iter"] == 2 * 3  # inner, outer gradient and second-order product per minibatch
     assert table.loc["algo=ppo", "oracle_calls_per_iter"] == 0 and table["final_test_return"].notna().all()
+
+
+def test_minibatch_mixed_advantage_is_the_gae_of_the_mixed_reward():
+    # LIRPG splits the mixed GAE into a constant of the rollout and r_in_coef * (rows of W^T) r_in:
+    # the sum must be metarun.rl.returns.gae of r_ex_coef r_ex + r_in_coef r_in (with episode cuts and
+    # time-limit bootstraps), entry for entry.
+    from metarun.rl.returns import gae
+
+    algo = tiny_lirpg("algo.r_ex_coef=0.7", "algo.r_in_coef=0.3")
+    data = float64_batch(algo)
+    data["terminated"][9] = 1.0
+    data["dones"][9] = 1.0
+    algo.advantages(data)
+    with torch.no_grad():
+        r_in = algo.intrinsic.reward(data["obs"], data["actions"])
+        mixed = gae(0.7 * data["rewards"] + 0.3 * r_in, data["values"], data["next_values"], data["dones"], 0.99, 0.95,
+                    terminated=data["terminated"])
+    mb = torch.tensor([0, 2, 5, 6, 9, 10, 15])
+    assert torch.allclose(data["adv"][mb] + 0.3 * (data["gae_rows"][mb] @ r_in), mixed[mb], rtol=1e-12, atol=1e-12)

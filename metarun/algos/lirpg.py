@@ -93,7 +93,8 @@ class LIRPG(PPO):
                               terminated=data["terminated"])
             data["returns"] = data["adv"] + data["values"]
             if self.meta_step:  # rows t of W^T: the GAE weights of every step j on step t's advantage
-                data["gae_rows"] = discount_matrix(self.nsteps, self.gamma * self.lam, data["dones"], device=self.device).T.contiguous()
+                data["gae_rows"] = discount_matrix(self.nsteps, self.gamma * self.lam, data["dones"], data["rewards"].dtype,
+                                                   self.device).T.contiguous()
 
     def update(self, data, mb):
         if not self.meta_step:
