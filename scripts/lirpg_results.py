@@ -217,6 +217,27 @@ def bench_block(path, runs):
     return "\n".join(lines)
 
 
+def cost_line(runs, peer_dir):
+    """What the issue's full protocol would cost at the measured per-run training times."""
+    minutes = {}
+    for (env_id, delay, arm), group in runs.items():
+        if delay > 1:
+            minutes.setdefault(arm, []).extend(r["time"] / 60 for r in group)
+    peer = [json.loads(f.read_text()) for f in Path(peer_dir).glob("*.json")] if peer_dir and Path(peer_dir).is_dir() else []
+    for impl in ("metarun", "sb3"):
+        minutes[f"peer_{impl}"] = [r["train_time"] / 60 for r in peer if r["impl"] == impl]
+    if any(not minutes.get(arm) for arm in ARMS):
+        return "The cost of the full protocol is estimated once every arm has a finished run."
+    per_env = sum(5 * np.mean(minutes[arm]) for arm in ARMS)
+    peer_minutes = 5 * sum(np.mean(minutes[k]) if minutes[k] else np.mean(minutes["ppo"]) for k in ("peer_metarun", "peer_sb3"))
+    total = 2 * per_env + peer_minutes
+    done = sum(sum(v) for v in minutes.values())
+    return (f"At the measured mean training times per run (one thread, shared machine), the issue's full protocol "
+            f"(4 arms x 5 seeds x 2 environments, and 5 seeds each of metarun's and SB3's PPO for the peer check) "
+            f"would take about {total / 60:.0f} core-hours ({per_env / 60:.1f} per environment); the runs on this page "
+            f"took {done / 60:.1f}.")
+
+
 def what_ran(runs):
     rows = [{"env": env_id, "reward delay": delay, "arm": ARMS[arm], "seeds": ", ".join(str(r["seed"]) for r in sorted(g, key=lambda r: r["seed"])),
              "run dirs": ", ".join(f"`{r['dir']}`" for r in sorted(g, key=lambda r: r["seed"])[:2]) + (" ..." if len(g) > 2 else "")}
@@ -241,7 +262,7 @@ def main():
         figures.append(f"![{env_id}](lirpg/{png.name})")
     table, outcomes = verdicts(envs, runs)
     peer_table, peer_line = peer_block(args.peer)
-    blocks = {"what_ran": what_ran({k: v for k, v in runs.items() if k[1] > 1}),
+    blocks = {"what_ran": what_ran({k: v for k, v in runs.items() if k[1] > 1}), "cost": cost_line(runs, args.peer),
               "figures": "\n\n".join(figures) or "No finished 1M-step run yet.",
               "final_table": final_table(envs, runs) if envs else "No finished 1M-step run yet.",
               "verdicts": table, "verdict_line": summary_line(outcomes),
