@@ -25,6 +25,7 @@ from torch.func import functional_call
 
 from metarun.config import ConfigError
 from metarun.evaluate import split_seed
+from metarun.models.actor_critic import ActorCritic
 from metarun.rl.returns import gae
 from metarun.rl.rollout import EnvRunner, episode_seed, run_episodes
 from metarun.tasks import EnvTaskFamily
@@ -76,7 +77,7 @@ class PPO:
                  vf_coef=0.5, ent_coef=0.0, max_grad_norm=0.5, lr_alpha=3e-4, normalize=True):
         if not isinstance(task, EnvTaskFamily):
             raise ConfigError("task", type(task).__name__, "a task family with one persistent environment: mujoco_delayed")
-        if not (hasattr(model, "value") and hasattr(model, "head")):
+        if not isinstance(model, ActorCritic):
             raise ConfigError("model", type(model).__name__, "actor_critic (a Gaussian policy with a value network)")
         check("algo.nsteps", nsteps, is_int(nsteps, 2), "an integer >= 2")
         check("algo.minibatches", minibatches, is_int(minibatches, 1) and nsteps % minibatches == 0 and nsteps // minibatches >= 2,
