@@ -14,6 +14,7 @@ docs/lirpg/.
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -267,7 +268,8 @@ def main():
               "final_table": final_table(envs, runs) if envs else "No finished 1M-step run yet.",
               "verdicts": table, "verdict_line": summary_line(outcomes),
               "peer_table": peer_table, "peer_line": peer_line, "speed": bench_block(args.bench, runs)}
-    render(ROOT / "docs/src/lirpg.md", args.out, blocks, script="lirpg_results.py")
+    os.chdir(ROOT)  # the generated file names its template relative to the repository
+    render(Path("docs/src/lirpg.md"), args.out, blocks, script="lirpg_results.py")
     print(f"wrote {args.out}")
 
 
