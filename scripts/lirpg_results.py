@@ -3,7 +3,9 @@
     python scripts/lirpg_results.py [--runs outputs] [--peer outputs/lirpg/peer] [--bench outputs/lirpg/bench.json]
 
 Reads every run under --runs whose config.yaml is a `task=mujoco_delayed` run of algo=ppo / lirpg at
-the paper's budget (488 updates of 2048 steps) and whose summary says completed. The arm follows from
+the paper's budget (488 updates of 2048 steps); completed runs make the tables, verdicts and mean curves,
+stopped runs (killed before the end) are drawn alone, dashed, and listed with the command that resumes
+them, failed runs are listed with their error. The arm follows from
 its config: PPO; LIRPG with r_ex_coef 0, r_in_coef 1 (r_in only); LIRPG with r_ex_coef 1, r_in_coef
 0.01 (mixed); LIRPG with meta_step false (frozen random r_in). Curves are the training-episode true
 return (mean of the last 100 episodes, logged every update) against env steps, mean and 95% t
@@ -34,6 +36,7 @@ from metarun.stats import compare, fmt_ci, mean_ci  # noqa: E402
 ITERATIONS = 488  # the paper's 1M env steps in updates of 2048 (--iterations: to try the script on short runs)
 ARMS = {"ppo": "PPO (delayed reward)", "lirpg": "PPO + LIRPG, r_in only", "lirpg_mixed": "PPO + LIRPG, mixed (r_ex + 0.01 r_in)",
         "lirpg_frozen": "frozen random r_in (no meta step)"}
+PROTOCOL_ENVS, PROTOCOL_SEEDS = ("Hopper-v5", "HalfCheetah-v5"), range(5)  # the issue's protocol (delay 20)
 COLORS = {"ppo": "tab:blue", "lirpg": "tab:red", "lirpg_mixed": "tab:orange", "lirpg_frozen": "tab:gray"}
 
 
@@ -54,8 +57,11 @@ def arm_of(cfg):
 
 
 def read_runs(root, iterations=ITERATIONS):
-    """{(env_id, reward_delay, arm): [run, ...]} with curves, final figures and times of completed runs."""
-    runs = {}
+    """({(env_id, reward_delay, arm): [run, ...]} of completed runs, the same of stopped or failed runs).
+
+    A stopped run (killed before its last update; summary status "running") keeps its curve up to its
+    last logged update and resumes from its last checkpoint; a failed run keeps its error."""
+    runs, stopped = {}, {}
     for config in sorted(Path(root).rglob("config.yaml")):
         run_dir = config.parent
         if run_dir.name == ".hydra" or not (run_dir / "summary.json").is_file():
@@ -65,16 +71,22 @@ def read_runs(root, iterations=ITERATIONS):
             continue
         summary = json.loads((run_dir / "summary.json").read_text())
         arm = arm_of(cfg)
-        if summary.get("status") != "completed" or arm is None or cfg["algo"]["nsteps"] != 2048:
+        if arm is None or cfg["algo"]["nsteps"] != 2048:
             continue
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train = [r for r in rows if "train/return" in r]
-        runs.setdefault((cfg["task"]["env_id"], cfg["task"]["reward_delay"], arm), []).append({
-            "dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir), "seed": cfg["seed"],
-            "steps": np.array([r["train/env_steps"] for r in train]), "returns": np.array([r["train/return"] for r in train]),
-            "final": train[-1]["train/return"], "test": summary.get("test/return"), "time": summary["time"],
-            "wall_time": summary.get("wall_time"), "threads": summary.get("threads")})
-    return runs
+        run = {"dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir), "seed": cfg["seed"],
+               "steps": np.array([r["train/env_steps"] for r in train]), "returns": np.array([r["train/return"] for r in train]),
+               "status": summary.get("status"), "error": summary.get("error"),
+               "checkpoint_every": cfg.get("checkpoint_every"), "iterations": cfg["iterations"]}
+        key = (cfg["task"]["env_id"], cfg["task"]["reward_delay"], arm)
+        if summary.get("status") != "completed":
+            stopped.setdefault(key, []).append(run)
+            continue
+        run.update({"final": train[-1]["train/return"], "test": summary.get("test/return"), "time": summary["time"],
+                    "wall_time": summary.get("wall_time"), "threads": summary.get("threads")})
+        runs.setdefault(key, []).append(run)
+    return runs, stopped
 
 
 def curve(group):
@@ -85,7 +97,7 @@ def curve(group):
     return steps, np.array([m for m, _, _ in stats]), np.array([h if math.isfinite(h) else 0.0 for _, h, _ in stats])
 
 
-def figure(env_id, delay, runs, out):
+def figure(env_id, delay, runs, stopped, out):
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for arm in ARMS:
         group = runs.get((env_id, delay, arm))
@@ -94,11 +106,16 @@ def figure(env_id, delay, runs, out):
         steps, mean, half = curve(group)
         ax.plot(steps, mean, color=COLORS[arm], label=f"{ARMS[arm]} (n={len(group)})")
         ax.fill_between(steps, mean - half, mean + half, color=COLORS[arm], alpha=0.2)
+    for arm in ARMS:  # runs stopped before 1M steps: single seeds, dashed, not in any table or verdict
+        for r in stopped.get((env_id, delay, arm), []):
+            if len(r["steps"]):
+                ax.plot(r["steps"], r["returns"], color=COLORS[arm], ls="--", lw=1,
+                        label=f"{ARMS[arm]}, seed {r['seed']}: stopped at {r['steps'][-1]:,} steps")
     ax.set_xlabel("env steps")
     ax.set_ylabel("true episode return (last 100 training episodes)")
-    ax.set_title(f"{env_id}, reward delayed by {delay} steps: mean and 95% CI over seeds")
+    ax.set_title(f"{env_id}, reward delayed by {delay} steps: mean and 95% CI over seeds", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -206,7 +223,7 @@ def bench_block(path, runs):
         lines.append("The benchmark has not been run yet (`python scripts/bench_lirpg.py`).")
     timed = []
     for (env_id, delay, arm), group in sorted(runs.items()):
-        if arm in ("lirpg", "ppo"):
+        if arm in ARMS:
             t = [r["time"] / 60 for r in group]
             w = [r["wall_time"] / 60 for r in group if r["wall_time"]]
             timed.append({"run": f"{ARMS[arm]}, {env_id}", "runs": len(group), "training time (min)": fmt_ci(*mean_ci(t)[:2], 3),
@@ -227,23 +244,66 @@ def cost_line(runs, peer_dir):
     peer = [json.loads(f.read_text()) for f in Path(peer_dir).glob("*.json")] if peer_dir and Path(peer_dir).is_dir() else []
     for impl in ("metarun", "sb3"):
         minutes[f"peer_{impl}"] = [r["train_time"] / 60 for r in peer if r["impl"] == impl]
+    proxy = ""
+    if not minutes.get("lirpg") and minutes.get("lirpg_mixed"):
+        # same per-update computation (r_in, lookahead, meta-gradient); only the two reward coefficients differ
+        minutes["lirpg"], proxy = minutes["lirpg_mixed"], "; the r_in-only arm costed at the mixed arm's time, the same update code"
     if any(not minutes.get(arm) for arm in ARMS):
         return "The cost of the full protocol is estimated once every arm has a finished run."
     per_env = sum(5 * np.mean(minutes[arm]) for arm in ARMS)
     peer_minutes = 5 * sum(np.mean(minutes[k]) if minutes[k] else np.mean(minutes["ppo"]) for k in ("peer_metarun", "peer_sb3"))
     total = 2 * per_env + peer_minutes
-    done = sum(sum(v) for v in minutes.values())
+    done = sum(sum(v) for k, v in minutes.items() if k != "lirpg" or not proxy)
+    guessed = [k for k in ("peer_metarun", "peer_sb3") if not minutes[k]]
+    if guessed:
+        proxy += "; the peer runs not yet measured costed at metarun PPO's time"
     return (f"At the measured mean training times per run (one thread, shared machine), the issue's full protocol "
             f"(4 arms x 5 seeds x 2 environments, and 5 seeds each of metarun's and SB3's PPO for the peer check) "
-            f"would take about {total / 60:.0f} core-hours ({per_env / 60:.1f} per environment); the runs on this page "
-            f"took {done / 60:.1f}.")
+            f"would take about {total / 60:.0f} core-hours ({per_env / 60:.1f} per environment{proxy}); the finished "
+            f"runs on this page took {done / 60:.1f} core-hours.")
 
 
-def what_ran(runs):
-    rows = [{"env": env_id, "reward delay": delay, "arm": ARMS[arm], "seeds": ", ".join(str(r["seed"]) for r in sorted(g, key=lambda r: r["seed"])),
-             "run dirs": ", ".join(f"`{r['dir']}`" for r in sorted(g, key=lambda r: r["seed"])[:2]) + (" ..." if len(g) > 2 else "")}
-            for (env_id, delay, arm), g in sorted(runs.items())]
-    return md_table(rows, ["env", "reward delay", "arm", "seeds", "run dirs"]) if rows else "No finished 1M-step run yet."
+def what_ran(envs, runs, stopped):
+    """Seeds per arm (0 included) for every environment, and every run that stopped or failed."""
+    rows = []
+    for env_id, delay in envs:
+        for arm, label in ARMS.items():
+            done = sorted(runs.get((env_id, delay, arm), []), key=lambda r: r["seed"])
+            rows.append({"env": env_id, "reward delay": delay, "arm": label, "seeds finished (1M steps)": len(done),
+                         "seeds": ", ".join(str(r["seed"]) for r in done) or "-",
+                         "run dirs": ", ".join(f"`{r['dir']}`" for r in done[:2]) + (" ..." if len(done) > 2 else "")})
+    lines = [md_table(rows, ["env", "reward delay", "arm", "seeds finished (1M steps)", "seeds", "run dirs"])]
+    unfinished = [(key, r) for key, group in sorted(stopped.items()) for r in sorted(group, key=lambda r: r["seed"])]
+    if unfinished:
+        lines.append("\nRuns that did not finish (not in the tables or verdicts; stopped runs are drawn dashed in the figure):\n")
+        rows = []
+        for (env_id, delay, arm), r in unfinished:
+            reached = f"{int(r['steps'][-1]):,} env steps ({len(r['steps'])} of {r['iterations']} updates)" if len(r["steps"]) else "no update"
+            if r["status"] == "failed":
+                state, command = f"failed: {r['error']}", "rerun (the error comes from code changed since)"
+            else:
+                every = r["checkpoint_every"] or 1
+                saved = len(r["steps"]) // every * every
+                state = f"stopped after {reached}; last checkpoint at update {saved}"
+                command = f"`metarun resume=true run_dir={r['dir']}`"
+            rows.append({"env": env_id, "arm": ARMS[arm], "seed": r["seed"], "run dir": f"`{r['dir']}`", "state": state,
+                         "to finish": command})
+        lines.append(md_table(rows, ["env", "arm", "seed", "run dir", "state", "to finish"]))
+    lines.append("\nTo complete the protocol (5 seeds per arm on Hopper-v5 and HalfCheetah-v5), resume the stopped runs "
+                 "above and run the seeds that have no run yet, then rerun this script:\n")
+    commands = []
+    for env_id in PROTOCOL_ENVS:
+        for arm in ARMS:
+            have = {r["seed"] for r in runs.get((env_id, 20, arm), [])} | \
+                   {r["seed"] for r in stopped.get((env_id, 20, arm), []) if r["status"] != "failed"}
+            todo = [seed for seed in PROTOCOL_SEEDS if seed not in have]
+            if todo:
+                name = env_id.split("-")[0].lower()
+                commands.append(f"metarun -m +experiment=lirpg_delayed_sweep scale=full threads=1 progress=false "
+                                f"task.env_id={env_id} algo={arm} seed={','.join(map(str, todo))} "
+                                f"hydra.sweep.dir=outputs/lirpg/{name}_{arm}")
+    lines.append("```bash\n" + "\n".join(commands) + "\n```")
+    return "\n".join(lines)
 
 
 def main():
@@ -254,16 +314,16 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs/lirpg.md"))
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     args = parser.parse_args()
-    runs = read_runs(args.runs, args.iterations)
-    envs = sorted({(env_id, delay) for env_id, delay, arm in runs if delay > 1}, key=lambda e: (e[0] != "Hopper-v5", e))
+    runs, stopped = read_runs(args.runs, args.iterations)
+    envs = sorted({(env_id, delay) for env_id, delay, arm in [*runs, *stopped] if delay > 1}, key=lambda e: (e[0] != "Hopper-v5", e))
     figures = []
     for env_id, delay in envs:
         png = Path(args.out).parent / "lirpg" / f"{env_id}_delay{delay}.png"
-        figure(env_id, delay, runs, png)
+        figure(env_id, delay, runs, stopped, png)
         figures.append(f"![{env_id}](lirpg/{png.name})")
     table, outcomes = verdicts(envs, runs)
     peer_table, peer_line = peer_block(args.peer)
-    blocks = {"what_ran": what_ran({k: v for k, v in runs.items() if k[1] > 1}), "cost": cost_line(runs, args.peer),
+    blocks = {"what_ran": what_ran(envs, runs, stopped), "cost": cost_line(runs, args.peer),
               "figures": "\n\n".join(figures) or "No finished 1M-step run yet.",
               "final_table": final_table(envs, runs) if envs else "No finished 1M-step run yet.",
               "verdicts": table, "verdict_line": summary_line(outcomes),
