@@ -83,7 +83,7 @@ def read_runs(root, iterations=ITERATIONS):
         if summary.get("status") != "completed":
             stopped.setdefault(key, []).append(run)
             continue
-        run.update({"final": train[-1]["train/return"], "test": summary.get("test/return"), "time": summary["time"],
+        run.update({"final": train[-1]["train/return"], "episodes": train[-1].get("train/episodes"), "test": summary.get("test/return"), "time": summary["time"],
                     "wall_time": summary.get("wall_time"), "threads": summary.get("threads")})
         runs.setdefault(key, []).append(run)
     return runs, stopped
@@ -98,7 +98,7 @@ def curve(group):
 
 
 def figure(env_id, delay, runs, stopped, out):
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7.5, 5.4))
     for arm in ARMS:
         group = runs.get((env_id, delay, arm))
         if not group:
@@ -115,7 +115,7 @@ def figure(env_id, delay, runs, stopped, out):
     ax.set_ylabel("true episode return (last 100 training episodes)")
     ax.set_title(f"{env_id}, reward delayed by {delay} steps: mean and 95% CI over seeds", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -134,9 +134,35 @@ def final_table(envs, runs):
             rows.append({"env": env_id, "arm": label, "seeds": ", ".join(str(r["seed"]) for r in sorted(group, key=lambda r: r["seed"])),
                          "final training return": fmt_ci(final[0], final[1], 4),
                          "deterministic test return (10 episodes)": fmt_ci(test[0], test[1], 4),
+                         "training episodes per run": f"{np.mean([r['episodes'] for r in group]):,.0f}",
                          "training time per run (min)": f"{np.mean([r['time'] for r in group]) / 60:.0f}"})
     return md_table(rows, ["env", "arm", "seeds", "final training return", "deterministic test return (10 episodes)",
-                           "training time per run (min)"])
+                           "training episodes per run", "training time per run (min)"])
+
+
+def interim_table(envs, runs, stopped):
+    """Every arm at the env-step count the furthest stopped run reached, over all runs (finished or not) that got there."""
+    blocks = []
+    for env_id, delay in envs:
+        reached = [int(r["steps"][-1]) for (e, d, a), group in stopped.items() if (e, d) == (env_id, delay)
+                   for r in group if len(r["steps"])]
+        if not reached:
+            continue
+        at = max(reached)
+        rows = []
+        for arm, label in ARMS.items():
+            group = [r for r in runs.get((env_id, delay, arm), []) + stopped.get((env_id, delay, arm), [])
+                     if len(r["steps"]) and r["steps"][-1] >= at]
+            if not group:
+                continue
+            values = [float(r["returns"][np.searchsorted(r["steps"], at)]) for r in group]
+            m, h, n = mean_ci(values)
+            rows.append({"env": env_id, "arm": label, "seeds": ", ".join(str(r["seed"]) for r in sorted(group, key=lambda r: r["seed"])),
+                         f"training return at {at:,} env steps": fmt_ci(m, h, 4)})
+        blocks.append(f"Interim: every arm at {at:,} env steps, where the furthest stopped run stopped (finished and "
+                      f"stopped runs that got there; with this few seeds a description, not a verdict):\n\n"
+                      + md_table(rows, ["env", "arm", "seeds", f"training return at {at:,} env steps"]))
+    return "\n\n".join(blocks)
 
 
 CLAIMS = [("lirpg", "ppo", "LIRPG (r_in only) beats PPO on the delayed reward (the paper's claim)"),
@@ -163,7 +189,8 @@ def verdicts(envs, runs):
 def summary_line(outcomes):
     paper = [(env, v) for env, a, b, v in outcomes if b == "ppo"]
     if not paper:
-        return "No arm has two finished seeds yet: the claim is not judged."
+        return ("No LIRPG arm has two finished seeds beside two finished PPO seeds on any environment: the paper's "
+                "claim is not judged on this page.")
     by = {v: [f"{env} ({'r_in only' if a == 'lirpg' else 'mixed'})" for env, a, b, w in outcomes if b == "ppo" and w == v]
           for v in ("reproduced", "contradicted", "not resolved")}
     parts = [f"{v} on {', '.join(by[v])}" for v in ("reproduced", "contradicted", "not resolved") if by[v]]
@@ -280,7 +307,10 @@ def what_ran(envs, runs, stopped):
         for (env_id, delay, arm), r in unfinished:
             reached = f"{int(r['steps'][-1]):,} env steps ({len(r['steps'])} of {r['iterations']} updates)" if len(r["steps"]) else "no update"
             if r["status"] == "failed":
-                state, command = f"failed: {r['error']}", "rerun (the error comes from code changed since)"
+                later = [o["dir"] for o in runs.get((env_id, delay, arm), []) + stopped.get((env_id, delay, arm), [])
+                         if o["seed"] == r["seed"] and o["status"] != "failed"]
+                state = f"failed: {r['error']}"
+                command = f"superseded by `{later[0]}`" if later else "rerun (the error comes from code changed since)"
             else:
                 every = r["checkpoint_every"] or 1
                 saved = len(r["steps"]) // every * every
@@ -325,7 +355,8 @@ def main():
     peer_table, peer_line = peer_block(args.peer)
     blocks = {"what_ran": what_ran(envs, runs, stopped), "cost": cost_line(runs, args.peer),
               "figures": "\n\n".join(figures) or "No finished 1M-step run yet.",
-              "final_table": final_table(envs, runs) if envs else "No finished 1M-step run yet.",
+              "final_table": "\n\n".join(b for b in (final_table(envs, runs) if envs else "No finished 1M-step run yet.",
+                                                 interim_table(envs, runs, stopped)) if b),
               "verdicts": table, "verdict_line": summary_line(outcomes),
               "peer_table": peer_table, "peer_line": peer_line, "speed": bench_block(args.bench, runs)}
     os.chdir(ROOT)  # the generated file names its template relative to the repository
