@@ -50,6 +50,20 @@ def _bool():
     return (lambda v: isinstance(v, bool)), "true or false"
 
 
+def _unit():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1), "a number in (0, 1]"
+
+
+def _mujoco_env_id():
+    def ok(v):
+        try:
+            from metarun.tasks.mujoco_delayed import mujoco_env_ids
+        except ImportError:  # no Gymnasium: the task family reports what to install
+            return True
+        return v in mujoco_env_ids()
+    return ok, "a Gymnasium MuJoCo v5 environment id: Hopper-v5, Walker2d-v5, HalfCheetah-v5, Swimmer-v5, Ant-v5, ..."
+
+
 def _device():
     return (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None), "auto, cpu, cuda or cuda:<index>"
 
@@ -127,6 +141,24 @@ RULES = {
     "algo.n_step": _int(1),
     "algo.objective": _choice("lifetime", "episodic"),
     "algo.value": _bool(),
+    "task.reward_delay": _int(1),
+    "task.env_id": _mujoco_env_id(),
+    "algo.nsteps": _int(2),
+    "algo.minibatches": _int(1),
+    "algo.epochs": _int(1),
+    "algo.gamma": _unit(),
+    "algo.lam": _unit(),
+    "algo.clip": _positive(),
+    "algo.vf_coef": _nonnegative(),
+    "algo.ent_coef": _nonnegative(),
+    "algo.max_grad_norm": _positive(),
+    "algo.lr_alpha": _positive(),
+    "algo.lr_beta": _positive(),
+    "algo.r_ex_coef": _nonnegative(),
+    "algo.r_in_coef": _nonnegative(),
+    "algo.meta_step": _bool(),
+    "algo.detach_second_moment": _bool(),
+    "algo.normalize": _bool(),
     "optim.lr": _positive(),
     "optim.weight_decay": _nonnegative(),
     "optim.momentum": _nonnegative(),

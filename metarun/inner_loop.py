@@ -25,7 +25,7 @@ def adapted_names(model, patterns):
     return [n for n in names if any(fnmatchcase(n, p) for p in patterns)]
 
 
-def adapt(inner_loss, fast, steps, lr, l2=0.0, first_order=False, *, rule=None, max_grad_norm=None):
+def adapt(inner_loss, fast, steps, lr, l2=0.0, first_order=False, *, rule=None, max_grad_norm=None, functional=True):
     """Take `steps` gradient steps of `inner_loss` on the parameter dict `fast`; return the adapted dict.
 
     The inner objective is ``inner_loss(fast) + l2 * ||fast||^2``. `lr` is a float or a dict of
@@ -37,6 +37,10 @@ def adapt(inner_loss, fast, steps, lr, l2=0.0, first_order=False, *, rule=None, 
 
     Second order (the default) keeps the graph of every step so the outer gradient flows through
     the adaptation; `first_order` detaches the inner gradients, which drops exactly the Hessian terms.
+    `functional=False` takes the inner gradients with torch.autograd.grad(create_graph=True) instead
+    of torch.func.grad: the same derivatives with less per-op overhead, for callers that do not vmap
+    the adaptation (LIRPG's single lookahead); the outer gradient must then be taken with
+    torch.autograd.grad with respect to the outer parameters only.
     """
 
     def objective(params):
@@ -45,9 +49,15 @@ def adapt(inner_loss, fast, steps, lr, l2=0.0, first_order=False, *, rule=None, 
             loss = loss + l2 * sum(p.pow(2).sum() for p in params.values())
         return loss
 
+    def autograd_grad(params):
+        with torch.enable_grad():
+            leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+            values = torch.autograd.grad(objective(leaves), list(leaves.values()), create_graph=not first_order)
+        return dict(zip(leaves, values))
+
     state = rule.init(fast) if rule is not None else None
     for _ in range(steps):
-        grads = grad(objective)(fast)
+        grads = grad(objective)(fast) if functional else autograd_grad(fast)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         if max_grad_norm is not None:
@@ -80,11 +90,13 @@ class Adam:
     `state` is the optimizer's per-parameter state before this step, `{name: {"exp_avg",
     "exp_avg_sq", "step"}}` as `torch.optim.Adam.state` holds it (None or a missing name: zeros),
     so one step from it equals the real optimizer's next step. Later steps continue from the
-    updated moments.
+    updated moments. `detach_second_moment` feeds the second moment a detached gradient, so
+    derivatives flow through the first moment only (LIRPG's reference code: tf.stop_gradient there).
     """
 
-    def __init__(self, betas=(0.9, 0.999), eps=1e-8, state=None):
+    def __init__(self, betas=(0.9, 0.999), eps=1e-8, state=None, detach_second_moment=False):
         self.betas, self.eps, self.state = betas, eps, state or {}
+        self.detach_second_moment = detach_second_moment
 
     def init(self, fast):
         def start(k, p):
@@ -102,7 +114,8 @@ class Adam:
             g = grads[k]
             t = t + 1
             m = beta1 * m + (1 - beta1) * g
-            v = beta2 * v + (1 - beta2) * g * g
+            gv = g.detach() if self.detach_second_moment else g
+            v = beta2 * v + (1 - beta2) * gv * gv
             rate = lr[k] if isinstance(lr, dict) else lr
             denom = v.sqrt() / torch.sqrt(1 - beta2 ** t) + self.eps
             new_fast[k] = p - rate / (1 - beta1 ** t) * m / denom

@@ -23,7 +23,7 @@ from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
 from metarun.lake import lake_config, lake_errors, lake_summary
-from metarun.tasks import KnowsOptimum, ReadsImages, RLTaskFamily
+from metarun.tasks import EnvTaskFamily, KnowsOptimum, ReadsImages, RLTaskFamily
 
 
 class NonFiniteLoss(RuntimeError):
@@ -45,8 +45,9 @@ def build(cfg, task=None):
     optimizer = _instantiate(cfg.optim)(model.parameters())
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
     threads.apply(cfg, task, model, algo)  # threads=auto looks at the workload (metarun/threads.py)
-    if isinstance(task, RLTaskFamily) and not isinstance(algo, SelfEvaluating):
-        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, half_cheetah_dir), lifetime_reward for gridworld")
+    if isinstance(task, (RLTaskFamily, EnvTaskFamily)) and not isinstance(algo, SelfEvaluating):
+        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, "
+                          "half_cheetah_dir); ppo or lirpg for mujoco_delayed; lifetime_reward for gridworld")
     return task, model, optimizer, algo
 
 

@@ -8,19 +8,35 @@ every input, e.g. to a learned intrinsic reward inside the rewards.
 import torch
 
 
-def discounted_sum(x, factor, dones=None):
-    """y_t = sum_{j >= t} factor^(j - t) x_j, stopping after the first episode end at or after t."""
-    h = x.shape[-1]
-    t = torch.arange(h, device=x.device)
-    power = t[:, None] - t[None, :]  # [j, t] = j - t
-    weights = torch.where(power >= 0, factor ** power.clamp_min(0).to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+def discount_matrix(h, factor, dones=None, dtype=torch.float32, device="cpu"):
+    """W[..., j, t] = factor^(j - t) for j >= t when no episode ends in [t, j - 1], else 0.
+
+    `discounted_sum(x, factor, dones)` is x @ W: an algorithm that needs some entries of the sum
+    many times for changing x (LIRPG's minibatches of a GAE in eta) can keep W and take rows of W^T.
+    """
+    powers = factor ** torch.arange(h, device=device).to(dtype)
+    # A Toeplitz matrix: with padded[h - 1 + k] = factor^k (0 for k < 0), W^T[t, j] = padded[h - 1 + j - t].
+    # Its rows read backwards are overlapping windows of `padded` (a strided view), so the h x h
+    # matrix costs one copy instead of h^2 powers.
+    padded = torch.cat([torch.zeros(h - 1, dtype=dtype, device=device), powers])
+    weights = padded.as_strided((h, h), (1, 1)).flip(0).T  # [j, t], a fresh tensor
     if dones is None:
-        return x @ weights
+        return weights
     # Episode index of each step: ends[t] = number of episode ends strictly before t. Step j counts
     # for t only if no episode ended in [t, j - 1], i.e. ends[j] == ends[t].
-    ends = torch.cumsum(dones.to(x.dtype), -1) - dones.to(x.dtype)
-    same = ends[..., :, None] == ends[..., None, :]  # [..., j, t]
-    return (x[..., None, :] @ (weights * same))[..., 0, :]
+    ends = torch.cumsum(dones.to(dtype), -1) - dones.to(dtype)
+    other = ends[..., :, None] != ends[..., None, :]  # [..., j, t]
+    if other.dim() == 2:
+        return weights.masked_fill_(other, 0)
+    return weights.masked_fill(other, 0)
+
+
+def discounted_sum(x, factor, dones=None):
+    """y_t = sum_{j >= t} factor^(j - t) x_j, stopping after the first episode end at or after t."""
+    weights = discount_matrix(x.shape[-1], factor, dones, x.dtype, x.device)
+    if dones is None:
+        return x @ weights
+    return (x[..., None, :] @ weights)[..., 0, :]
 
 
 def discounted_returns(rewards, discount, dones=None):

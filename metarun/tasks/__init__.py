@@ -42,3 +42,12 @@ class ReadsImages(Protocol):
 class RLTaskFamily(Protocol):
     def env(self, goals: torch.Tensor):
         """A batched environment for tasks `goals` (see navigation2d)."""
+
+
+@runtime_checkable
+class EnvTaskFamily(Protocol):
+    """One persistent environment that the algorithm owns and steps across iterations (mujoco_delayed);
+    `sample` returns None. Its algorithms (ppo, lirpg) are `SelfEvaluating`."""
+
+    def make_env(self, delayed: bool = True):
+        """A fresh Gymnasium environment of the family."""
