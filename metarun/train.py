@@ -22,7 +22,7 @@ from metarun.checkpoint import atomic_write
 from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
-from metarun.tasks import KnowsOptimum, RLTaskFamily
+from metarun.tasks import KnowsOptimum, MultiAgentTaskFamily, RLTaskFamily
 
 
 class NonFiniteLoss(RuntimeError):
@@ -36,11 +36,15 @@ def build(cfg):
     device = resolve_device(cfg.get("device", "cpu"))
     torch.manual_seed(cfg.seed)
     task = _instantiate(cfg.task, device=device)
+    # Sizes only a multi-agent task knows (agents, state) fill the model config keys that ask for them.
+    sizes = {k: v for k, v in task.model_sizes().items() if k in cfg.model} if isinstance(task, MultiAgentTaskFamily) else {}
     # The model is initialised on the CPU from the seeded global generator, then moved: a seed
     # gives the same initial weights on every device.
-    model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim).to(device)
+    model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim, **sizes).to(device)
     optimizer = _instantiate(cfg.optim)(model.parameters())
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
+    if isinstance(task, MultiAgentTaskFamily) and not isinstance(algo, SelfEvaluating):
+        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "qmix or kaleidoscope_qmix for particle_world; matd3 or kaleidoscope_matd3 for mamujoco")
     if isinstance(task, RLTaskFamily) and not isinstance(algo, SelfEvaluating):
         raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, half_cheetah_dir)")
     return task, model, optimizer, algo
