@@ -33,6 +33,10 @@ def _fraction():
     return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1), "a number in (0, 1)"
 
 
+def _unit():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1), "a number in [0, 1]"
+
+
 def _choice(*options):
     return (lambda v: v in options), "one of " + ", ".join(map(str, options))
 
@@ -102,6 +106,43 @@ RULES = {
     "task.noise": _nonnegative(),
     "task.amplitude_min": _nonnegative(),
     "task.amplitude_max": _positive(),
+    # Multi-agent RL (qmix, kaleidoscope_qmix, matd3, kaleidoscope_matd3; particle_world, mamujoco)
+    "algo.share": _choice("full", "none", "kaleidoscope"),
+    "algo.critic_share": _choice("full", "none", "kaleidoscope"),
+    "algo.n_critics": _int(1),
+    "algo.gamma": _unit(),
+    "algo.buffer_size": _int(1),
+    "algo.batch_size": _int(1),
+    "algo.episodes_per_iteration": _int(1),
+    "algo.target_update_interval": _int(1),
+    "algo.epsilon_start": _unit(),
+    "algo.epsilon_finish": _unit(),
+    "algo.epsilon_anneal_steps": _int(1),
+    "algo.grad_norm_clip": _positive(),
+    "algo.div_coef": _nonnegative(),
+    "algo.critic_div_coef": _nonnegative(),
+    "algo.div_history": _int(1),
+    "algo.critic_div_history": _int(1),
+    "algo.reset_interval": _int(1),
+    "algo.critic_reset_interval": _int(1),
+    "algo.reset_ratio": _unit(),
+    "algo.n_step": _int(1),
+    "algo.envs": _int(1),
+    "algo.steps_per_iteration": _int(1),
+    "algo.updates_per_iteration": _int(0),
+    "algo.warmup_steps": _int(0),
+    "algo.actor_lr": _positive(),
+    "algo.critic_lr": _positive(),
+    "algo.polyak": _unit(),
+    "algo.policy_freq": _int(1),
+    "algo.expl_noise": _nonnegative(),
+    "algo.policy_noise": _nonnegative(),
+    "algo.noise_clip": _nonnegative(),
+    "task.episode_limit": _int(1),
+    "task.num_adversaries": _int(2),  # the learning agents of simple_world_comm / simple_tag: at least 2
+    "task.num_good_agents": _int(1),
+    "task.n_agents": _int(2),
+    "task.agent_obsk": _int(0),
     "model.head_hidden": _int(0),
     "model.features": _int(1),
 }

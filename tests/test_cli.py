@@ -112,7 +112,7 @@ def test_resume_refuses_corrupt_and_mismatched_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("override,expected", [
-    ("algo=foo", "algo='foo' is not allowed: must be one of anil, fomaml, maml, "),
+    ("algo=foo", "algo='foo' is not allowed: must be one of anil, fomaml, kaleidoscope_matd3, kaleidoscope_qmix, maml, "),
     ("task=imagenet22k", "task='imagenet22k' is not allowed"),
     ("algo.inner_steps=-1", "algo.inner_steps=-1 is not allowed: must be an integer >= 0"),
     ("algo.inner_steps=1.5", "algo.inner_steps=1.5 is not allowed"),

@@ -47,6 +47,16 @@ def number(v, low=0.0, high=math.inf):
     return isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high
 
 
+def bootstrap_values(online_q, target_q, avail, double_q=True):
+    """Each agent's next-state value: the target network's Q of the online network's greedy available
+    action (double Q), or the target's own max. Q tensors (..., agents, actions), avail (agents, actions)."""
+    target_q = target_q.masked_fill(~avail, -math.inf)
+    if not double_q:
+        return target_q.max(-1).values
+    best = online_q.masked_fill(~avail, -math.inf).argmax(-1, keepdim=True)
+    return target_q.gather(-1, best).squeeze(-1)
+
+
 class QMIX:
     def __init__(self, model, optimizer, task, share="full", gamma=0.99, buffer_size=5000, batch_size=32,
                  episodes_per_iteration=32, target_update_interval=200, epsilon_start=1.0, epsilon_finish=0.05,
@@ -150,18 +160,13 @@ class QMIX:
         chosen = q[:, :-1].gather(-1, actions[..., None]).squeeze(-1)
         with torch.no_grad():
             target_q, _ = self.target.q_values(obs, h0)
-            target_q = target_q[:, 1:].masked_fill(~self.avail, -math.inf)
-            if self.double_q:
-                best = q.detach()[:, 1:].masked_fill(~self.avail, -math.inf).argmax(-1, keepdim=True)
-                next_q = target_q.gather(-1, best).squeeze(-1)
-            else:
-                next_q = target_q.max(-1).values
+            next_q = bootstrap_values(q.detach()[:, 1:], target_q[:, 1:], self.avail, self.double_q)
             next_tot = self.target.mixer(next_q, state[:, 1:])
             not_last = torch.ones_like(next_tot)
             not_last[:, -1] = 0  # the episode limit counts as termination (see the module docstring)
             y = reward + self.gamma * not_last * next_tot
         q_tot = self.model.mixer(chosen, state[:, :-1])
-        return (q_tot - y).pow(2).mean(), chosen
+        return (q_tot - y).pow(2).mean(), chosen, y
 
     def update(self):
         if self.masked and self.total_steps is not None and self.env_steps - self.last_reset > self.reset_interval \
@@ -169,7 +174,7 @@ class QMIX:
             for layer in self.masked[1:]:  # fc2..fc4
                 layer.reset_pruned(self.reset_ratio, self.reset_threshold_init)
             self.last_reset = self.env_steps
-        td, chosen = self.td_loss(self.buffer.sample(self.batch_size, self.rng))
+        td, chosen, _ = self.td_loss(self.buffer.sample(self.batch_size, self.rng))
         loss, div, coef = td, torch.zeros((), device=self.device), torch.zeros((), device=self.device)
         if self.masked:
             div = diversity_loss(self.masked, self.layer_weights)

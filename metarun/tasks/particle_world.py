@@ -57,10 +57,9 @@ def _vmas():
 
 
 def bound_penalty(pos):
-    """MPE's prey boundary penalty, summed over the 2 coordinates: 2 * bound(|x|)."""
+    """MPE's prey boundary penalty bound(|x|), summed over the 2 coordinates (simple_world_comm doubles it)."""
     x = pos.abs()
-    b = torch.where(x < 0.9, torch.zeros_like(x), torch.where(x < 1.0, (x - 0.9) * 10, torch.exp(2 * x - 2).clamp_max(10)))
-    return 2 * b.sum(-1)
+    return torch.where(x < 0.9, torch.zeros_like(x), torch.where(x < 1.0, (x - 0.9) * 10, torch.exp(2 * x - 2).clamp_max(10))).sum(-1)
 
 
 def _scenarios():
@@ -143,7 +142,7 @@ def _scenarios():
                 else:
                     parts += [forest_flag[:, i], vel[:, i, good_others].flatten(1)]
                     k = prey.index(i)
-                    rews.append(-5 * caught[:, k].sum(-1) - bound_penalty(p[:, i]) + 2 * food[:, k].sum(-1) - 0.05 * food_dist[:, k])
+                    rews.append(-5 * caught[:, k].sum(-1) - 2 * bound_penalty(p[:, i]) + 2 * food[:, k].sum(-1) - 0.05 * food_dist[:, k])
                 obs.append(torch.cat(parts, -1))
             return obs, rews
 
