@@ -183,3 +183,13 @@ def test_bad_scenarios_and_agent_counts_are_config_errors():
         ParticleWorld("simple_tag", num_adversaries=1)
     with pytest.raises(ConfigError, match="task.n_agents"):
         ParticleWorld("simple_spread", n_agents=1)
+
+
+def test_vmas_action_set_has_nine_moves_with_diagonals():
+    task = ParticleWorld("simple_spread", actions="vmas")
+    assert task.n_actions == 9 and task.avail_actions.all()
+    env = task.make_env(1)
+    env.reset(torch.Generator().manual_seed(0))
+    for a, (x, y) in {0: (0, 0), 1: (0, -1), 2: (0, 1), 3: (-1, 0), 5: (-1, 1), 6: (1, 0), 7: (1, -1), 8: (1, 1)}.items():
+        v = one_step_velocity(env, torch.tensor([[a, 0, 0]]))
+        assert torch.equal(torch.sign(v[0]), torch.tensor([x, y], dtype=torch.float32)), a

@@ -11,7 +11,8 @@ The paper's prey were pretrained MADDPG policies, which are not available: here 
 **scripted** (`prey_policy`): each picks the move that best flees its nearest adversary while
 keeping inside [-0.8, 0.8]^2 (MPE's prey are penalised for leaving [-0.9, 0.9]).
 
-Agents act as in MPE with 5 discrete moves (stay, -x, +x, -y, +y; the leader: move + 5 * message),
+Agents act as in MPE with 5 discrete moves (stay, -x, +x, -y, +y; the leader: move + 5 * message;
+`task.actions=vmas`: VMAS's own 9 moves, 3 per axis, diagonals included, as BenchMARL uses them),
 observe MPE's observation vectors (zero-padded to the longest one) and the team reward is the sum
 of the learning agents' rewards, as in the reference (EPyMARL's gymma wrapper). Episodes last
 `episode_limit` = 25 steps.
@@ -41,7 +42,7 @@ import torch
 from metarun.config import ConfigError
 
 SCENARIOS = ("simple_world_comm", "simple_tag", "simple_spread")
-MOVES = 5  # MPE: stay, -x, +x, -y, +y
+ACTIONS = {"mpe": 5, "vmas": 9}  # MPE: stay, -x, +x, -y, +y; VMAS: {stay, -u, +u} per axis
 # MPE move -> VMAS multi-discrete index per axis (0 stay, 1 -u, 2 +u).
 _MOVE_TO_AXES = torch.tensor([[0, 0], [1, 0], [2, 0], [0, 1], [0, 2]])
 _MOVE_DIRECTIONS = torch.tensor([[0.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
@@ -247,10 +248,11 @@ class ParticleEnv:
             moves = scripted_prey(pos[:, self.prey], pos[:, hunters])
             for k, i in enumerate(self.prey):
                 full[i] = moves[:, k]
-        vmas_actions = []
+        vmas_actions, moves = [], self.task.n_moves
         for i, a in enumerate(full):
-            axes = self.axes[a % MOVES]
-            vmas_actions.append(torch.cat([axes, (a // MOVES)[:, None]], -1) if self.says[i] else axes)
+            move = a % moves if i in self.learners else a  # the scripted prey move as MPE agents
+            axes = self.axes[move] if moves == 5 or i not in self.learners else torch.stack([move // 3, move % 3], -1)
+            vmas_actions.append(torch.cat([axes, (a // moves)[:, None]], -1) if self.says[i] else axes)
         obs, rewards, _, _ = self.vmas.step(vmas_actions)
         team = torch.stack([rewards[i] for i in self.learners], -1).sum(-1)
         return self._observe(obs), team
@@ -263,9 +265,12 @@ class ParticleWorld:
     classification = False
     discrete = True
 
-    def __init__(self, scenario="simple_world_comm", episode_limit=25, device="cpu", **scenario_kwargs):
+    def __init__(self, scenario="simple_world_comm", episode_limit=25, actions="mpe", device="cpu", **scenario_kwargs):
         if scenario not in SCENARIOS:
             raise ConfigError("task.scenario", scenario, "one of " + ", ".join(SCENARIOS))
+        if actions not in ACTIONS:
+            raise ConfigError("task.actions", actions, "mpe (5 moves) or vmas (9 moves)")
+        self.n_moves = ACTIONS[actions]
         if not (isinstance(episode_limit, int) and not isinstance(episode_limit, bool) and episode_limit >= 1):
             raise ConfigError("task.episode_limit", episode_limit, "an integer >= 1")
         self.name, self.episode_limit, self.device = scenario, episode_limit, torch.device(device)
@@ -286,9 +291,9 @@ class ParticleWorld:
         obs = probe.vmas.reset()
         self.n_agents = len(learners)
         self.obs_dim = max(obs[i].shape[-1] for i in probe.learners)
-        self.n_actions = max(MOVES * (probe.vmas.world.dim_c if not a.silent else 1) for a in learners)
         # Actions beyond an agent's own count are unavailable (the leader has 20, the others 5).
-        own = torch.tensor([MOVES * (probe.vmas.world.dim_c if not a.silent else 1) for a in learners])
+        own = torch.tensor([self.n_moves * (probe.vmas.world.dim_c if not a.silent else 1) for a in learners])
+        self.n_actions = int(own.max())
         self.avail_actions = (torch.arange(self.n_actions)[None] < own[:, None]).to(self.device)
         self.state_dim = self.n_agents * self.obs_dim  # the reference's state: all agents' observations
         self.input_shape, self.output_dim = (self.obs_dim,), self.n_actions
