@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from metarun.models.matd3 import MATD3Net
 from metarun.models.qmix import QMIXNet, QMixer
@@ -220,3 +221,22 @@ def test_a_supervised_algorithm_on_a_multi_agent_task_is_refused():
 
     with pytest.raises(ConfigError, match="qmix or kaleidoscope_qmix for particle_world"):
         build(make_cfg("algo=maml", "task=particle_world", "task.scenario=simple_spread"))
+
+
+def test_smoke_presets_run_the_three_arms_and_matd3_through_the_command_line(tmp_path):
+    from conftest import run_metarun
+
+    result = run_metarun("-m", "+experiment=kaleidoscope_smoke", "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("*/summary.json"))]
+    assert [s["status"] for s in summaries] == ["completed"] * 3
+    shares = sorted(OmegaConf.load(p).algo.share for p in (tmp_path / "sweep").glob("*/config.yaml"))
+    assert shares == ["full", "kaleidoscope", "none"]
+    assert all(math.isfinite(s["test/return"]) for s in summaries)
+    pytest.importorskip("gymnasium_robotics")
+    result = run_metarun("+experiment=kaleidoscope_halfcheetah", "hydra.run.dir=cheetah", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "cheetah" / "summary.json").read_text())
+    assert summary["status"] == "completed" and math.isfinite(summary["test/return"])
+    rows = [json.loads(line) for line in (tmp_path / "cheetah" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train/updates"] > 0 and rows[-1]["train/env_steps"] == 4 * 500
