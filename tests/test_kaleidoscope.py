@@ -233,6 +233,9 @@ def test_smoke_presets_run_the_three_arms_and_matd3_through_the_command_line(tmp
     shares = sorted(OmegaConf.load(p).algo.share for p in (tmp_path / "sweep").glob("*/config.yaml"))
     assert shares == ["full", "kaleidoscope", "none"]
     assert all(math.isfinite(s["test/return"]) for s in summaries)
+    report = run_metarun("sweep", cwd=tmp_path, command="metarun-report")  # algorithms without oracle counts
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "algo.share=kaleidoscope" in (tmp_path / "sweep" / "report" / "summary.md").read_text()
     pytest.importorskip("gymnasium_robotics")
     result = run_metarun("+experiment=kaleidoscope_halfcheetah", "hydra.run.dir=cheetah", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
