@@ -34,6 +34,21 @@ ARMS = {"kaleidoscope": "Kaleidoscope", "full": "FuPS", "none": "NoPS"}
 COLORS = {"kaleidoscope": "tab:red", "full": "tab:blue", "none": "tab:green", "benchmarl": "tab:purple"}
 SCENARIOS = {"world": "World (simple_world_comm, 4 adversaries vs 2 scripted prey)", "spread": "simple_spread (3 agents)"}
 PAPER_STEPS = 3_050_000
+CLAIMS = []  # (scenario, baseline, measure, verdict) of every comparison made
+
+
+def claim_block():
+    """The paper's claim over all comparisons made, counted by verdict."""
+    if not CLAIMS:
+        return "*No comparison yet.*"
+    lines = []
+    for measure in ("final test return", "mean evaluation return over training"):
+        found = [c for c in CLAIMS if c[2] == measure]
+        counts = {v: sum(c[3] == v for c in found) for v in ("reproduced", "not resolved", "contradicted")}
+        detail = "; ".join(f"{c[0]} vs {c[1]}: {c[3]}" for c in found)
+        lines.append(f"- On the {measure}, of {len(found)} comparisons: {counts['reproduced']} reproduced, "
+                     f"{counts['not resolved']} not resolved, {counts['contradicted']} contradicted ({detail}).")
+    return "\n".join(lines)
 
 
 def runs_of(sweep):
@@ -111,6 +126,7 @@ def scenario_blocks(name, runs, figures, root):
             continue
         for what, data in (("final test return", finals), ("mean evaluation return over training", aucs)):
             v, d, h = compare(data["kaleidoscope"], data[other], "greater")
+            CLAIMS.append((name, ARMS[other], what, v))
             verdicts.append(f"- Kaleidoscope > {ARMS[other]} on the {what}: difference {fmt_ci(d, h)} -> **{v}**")
     setup = rs[0]["config"]
     setup_line = (f"{len(runs)} runs; per run {setup.iterations} iterations x {setup.algo.episodes_per_iteration} episodes x "
@@ -142,7 +158,7 @@ def mask_blocks(runs_by_scenario, figures):
         layers = sorted({k.split("_")[2] for k in keys})
         rows = []
         for a in agents:
-            row = {"agent": a.replace("agent", "agent ")}
+            row = {"agent": a.replace("agent", "agent ") + (" (leader)" if name == "world" and a == "agent0" else "")}
             for lay in layers:
                 row[lay] = fmt_ci(*mean_ci([float(x[f"train/keep_{a}_{lay}"]) for x in last])[:2])
             rows.append(row)
@@ -293,6 +309,7 @@ def main():
     blocks = {}
     for name, runs in runs_by_scenario.items():
         blocks.update(scenario_blocks(name, runs, figures, root))
+    blocks["claim"] = claim_block()
     blocks.update(mask_blocks(runs_by_scenario, figures))
     blocks.update(peer_blocks(root, figures))
     blocks.update(speed_blocks(root))
