@@ -10,7 +10,8 @@
             every `policy_freq` updates, actors: for agent i in turn (HARL's fixed order), one Adam step on
                      -mean_j Q_j(s, a_{-i}, pi_i(o_i)) (+ c L_div over the agents' masks),
                      every `reset_interval` env steps re-initialising weights all masks prune (prob. reset_ratio);
-                     then Polyak averaging (0.005) of the target actor and critics
+                     then Polyak averaging (0.005) of the target critics and, once per agent as HARL
+                     does with a shared actor, of the target actor
 
 n-step returns (n = 10) are summed along each environment until its episode ends (metarun.rl.replay).
 The diversity coefficients are c = |div_coef * mean(last losses) / mean(last L_div)| as in QMIX.
@@ -78,8 +79,11 @@ class MATD3:
                ("algo.critic_reset_interval", critic_reset_interval, integer(critic_reset_interval, 1), "an integer >= 1")])
         self.model, self.task = model, task
         self.actor_masks, self.critic_masks = model.actor.masked_layers(), model.critic.masked_layers()
-        if share == "kaleidoscope" and not self.actor_masks:
-            raise ConfigError("algo.share", share, "a model with masked actor layers (model=matd3_mlp); use algo.share=full or none")
+        if (share == "kaleidoscope") != bool(self.actor_masks):
+            raise ConfigError("algo.share", share, "the model's actor sharing (model.share, by default ${algo.share}): "
+                              "kaleidoscope needs masked actor layers and only kaleidoscope uses them")
+        if (critic_share == "kaleidoscope") != bool(self.critic_masks):
+            raise ConfigError("algo.critic_share", critic_share, "the model's critic sharing (model.critic_share, by default ${algo.critic_share})")
         if critic_share == "kaleidoscope" and n_critics < 2:
             raise ConfigError("algo.n_critics", n_critics, "an integer >= 2 with critic_share=kaleidoscope (masks of one critic cannot diverge)")
         self.gamma, self.n_step, self.batch_size, self.envs = gamma, n_step, batch_size, envs
@@ -187,8 +191,12 @@ class MATD3:
             self.actor_optimizer.step()
             losses.append(loss.detach())
         self.model.critic.requires_grad_(True)
+        # HARL soft-updates every agent's actor; with one shared actor that is N updates of it per step.
+        actor_rate = 1 - (1 - self.polyak) ** self.task.n_agents
         with torch.no_grad():
-            for target, online in zip(self.target.parameters(), self.model.parameters()):
+            for target, online in zip(self.target.actor.parameters(), self.model.actor.parameters()):
+                target.lerp_(online, actor_rate)
+            for target, online in zip(self.target.critic.parameters(), self.model.critic.parameters()):
                 target.lerp_(online, self.polyak)
         return torch.stack(losses).mean()
 

@@ -85,6 +85,8 @@ class QMIX:
         if share == "kaleidoscope" and not self.masked:
             raise ConfigError("algo.share", share, "a model with masked layers (model=qmix_rnn with share=kaleidoscope); "
                               "this model has none: use algo.share=full or none")
+        if share != "kaleidoscope" and self.masked:
+            raise ConfigError("algo.share", share, "kaleidoscope for a model with masked layers (model.share, by default ${algo.share})")
         if self.masked and len(layer_weights) != len(self.masked):
             raise ConfigError("algo.layer_weights", list(layer_weights), f"{len(self.masked)} numbers, one per masked layer")
         self.share, self.gamma, self.batch_size = share, gamma, batch_size
