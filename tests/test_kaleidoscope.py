@@ -42,12 +42,8 @@ def test_member_gru_equals_torch_gru_cells_step_by_step(shared):
     for m in range(n):
         cell = torch.nn.GRUCell(i, h)
         with torch.no_grad():
-            if shared:
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(cell, name).copy_(getattr(gru.gru, name + "_l0"))
-            else:
-                cell.weight_ih.copy_(gru.ih.weight[m]), cell.bias_ih.copy_(gru.ih.bias[m])
-                cell.weight_hh.copy_(gru.hh.weight[m]), cell.bias_hh.copy_(gru.hh.bias[m])
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(cell, name).copy_(getattr(gru.grus[0 if shared else m], name + "_l0"))
         state = h0[m]
         for k in range(t):
             state = cell(x[m, k], state)
@@ -92,7 +88,7 @@ def test_unrolled_agent_equals_the_references_step_by_step_loop():
     agent, cell = net.agent, torch.nn.GRUCell(64, 64)
     with torch.no_grad():
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(cell, name).copy_(getattr(agent.rnn.gru, name + "_l0"))
+            getattr(cell, name).copy_(getattr(agent.rnn.grus[0], name + "_l0"))
     ids = torch.eye(3)
     for a in range(3):
         def lin(layer, x):
