@@ -239,3 +239,17 @@ def test_smoke_presets_run_the_three_arms_and_matd3_through_the_command_line(tmp
     assert summary["status"] == "completed" and math.isfinite(summary["test/return"])
     rows = [json.loads(line) for line in (tmp_path / "cheetah" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train/updates"] > 0 and rows[-1]["train/env_steps"] == 4 * 500
+
+
+def test_mamujoco_hopper_terminations_are_stored_and_environments_reset():
+    pytest.importorskip("gymnasium_robotics")
+    _, _, _, algo = build(make_cfg(*MATD3_TINY, "task.scenario=Hopper", "task.agent_conf=3x1", "task.episode_limit=1000",
+                                   "algo.warmup_steps=100000", "algo.steps_per_iteration=60"))
+    assert algo.task.n_agents == 3 and algo.task.action_dim == 1
+    algo.step()  # 120 random-action steps of 2 hoppers: they fall (terminated), long before 1000 steps
+    data, rows = algo.buffer.data, algo.buffer.size
+    terminated, done = data["terminated"][:rows], data["done"][:rows]
+    assert terminated.any() and torch.equal(terminated, done)
+    row, env = terminated.nonzero()[0].tolist()
+    if row + 1 < rows:  # the next stored step starts a fresh episode near the reset pose
+        assert not torch.allclose(data["obs"][row + 1, env], data["next_obs"][row, env])
