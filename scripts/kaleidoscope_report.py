@@ -140,7 +140,7 @@ def scenario_blocks(name, runs, figures, root):
 def mask_blocks(runs_by_scenario, figures):
     """Pairwise mask distance over training and the share of each layer each agent keeps (Kaleidoscope runs)."""
     lines, keep_tables, pair_tables = [], [], []
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, (ax, ax_pairs) = plt.subplots(1, 2, figsize=(11, 3.8))
     any_runs = False
     for name, runs in runs_by_scenario.items():
         kalei = [r for r in runs if r["arm"] == "kaleidoscope"]
@@ -165,6 +165,11 @@ def mask_blocks(runs_by_scenario, figures):
         keep_tables.append(f"**{SCENARIOS[name]}** (share of the layer's weights the agent's mask keeps, at the end):\n\n"
                            + md_table(rows, ["agent", *layers]))
         pairs = sorted(k for k in last[0].index if k.startswith("train/mask_distance_"))
+        if name == "world":  # each pair of agents over training (agent 0 is the leader)
+            for k, color in zip(pairs, plt.cm.tab10.colors):
+                i, j = k.split("_")[-2:]
+                band(ax_pairs, [r["metrics"].dropna(subset=[k]).set_index("train/env_steps")[k] for r in kalei], color,
+                     f"{'leader' if i == '0' else 'agent ' + i} - agent {j}")
         prow = [{"agents": k.split("_")[-2] + "-" + k.split("_")[-1], "mask distance": fmt_ci(*mean_ci([float(x[k]) for x in last])[:2])}
                 for k in pairs]
         pair_tables.append(f"**{SCENARIOS[name]}** (share of the masked weights two agents' masks disagree on, at the end):\n\n"
@@ -176,6 +181,10 @@ def mask_blocks(runs_by_scenario, figures):
     ax.set_ylabel("mean pairwise mask distance")
     ax.legend()
     ax.grid(alpha=0.3)
+    ax_pairs.set_xlabel("env steps (thousands)")
+    ax_pairs.set_ylabel("mask distance, World")
+    ax_pairs.legend(fontsize=7)
+    ax_pairs.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(figures / "mask_distance.png", dpi=110)
     plt.close(fig)
