@@ -48,11 +48,12 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default="outputs/kaleidoscope/bench.json")
+    parser.add_argument("--note", default="", help="timing conditions for the doc (other jobs on the machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from metarun.tasks.particle_world import ParticleWorld
 
-    results = {"threads": args.threads, "torch": torch.__version__, "env": {}, "updates": {}, "forward": {}}
+    results = {"threads": args.threads, "torch": torch.__version__, "note": args.note, "env": {}, "updates": {}, "forward": {}}
     for scenario in ("simple_world_comm", "simple_tag", "simple_spread"):
         task = ParticleWorld(scenario)
         for n in (32, 100):
