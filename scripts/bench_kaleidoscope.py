@@ -31,6 +31,21 @@ def timed(fn, repeats, warmup=3):
     return statistics.median(times)
 
 
+def interleaved(fns, repeats, warmup=2):
+    """Median seconds of each function, timed in alternation so that the machine's load drifts
+    (other jobs on shared cores) weigh on all of them alike: the ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def build_qmix(share, scenario="simple_world_comm"):
     from hydra import compose, initialize_config_module
 
@@ -64,44 +79,44 @@ def main():
             results["env"][f"{scenario}/{n}"] = n / seconds
             print(f"env  {scenario:18s} {n:4d} envs: {n / seconds:9.0f} env steps/s  ({seconds * 1e3:.2f} ms per batched step)")
 
+    algos = {}
     for share in ("full", "none", "kaleidoscope"):
         _, _, _, algo = build_qmix(share)
         while len(algo.buffer) < algo.batch_size:
             algo.buffer.add(algo.run_episodes(algo.env, algo.env_rng, 1.0)[0])
-        seconds = timed(algo.update, args.repeats)
-        acting = timed(lambda: algo.run_episodes(algo.env, algo.env_rng, 0.5), max(3, args.repeats // 4), warmup=1)
+        algos[share] = algo
+    update = interleaved({k: a.update for k, a in algos.items()}, args.repeats)
+    acting = interleaved({k: (lambda a=a: a.run_episodes(a.env, a.env_rng, 0.5)) for k, a in algos.items()}, max(3, args.repeats // 4), warmup=1)
+    for share, algo in algos.items():
         steps = algo.episodes_per_iteration * algo.limit
         # One training iteration = acting on 32 episodes + one update per episode.
-        per_step = (acting + algo.episodes_per_iteration * seconds) / steps
-        results["updates"][share] = {"updates_per_s": 1 / seconds, "update_ms": seconds * 1e3,
-                                     "acting_env_steps_per_s": steps / acting, "training_env_steps_per_s": 1 / per_step}
-        print(f"qmix {share:12s}: {1 / seconds:6.1f} updates/s ({seconds * 1e3:.1f} ms), acting {steps / acting:6.0f} env steps/s, "
-              f"training {1 / per_step:5.0f} env steps/s")
+        per_step = (acting[share] + algo.episodes_per_iteration * update[share]) / steps
+        results["updates"][share] = {"updates_per_s": 1 / update[share], "update_ms": update[share] * 1e3,
+                                     "acting_env_steps_per_s": steps / acting[share], "training_env_steps_per_s": 1 / per_step}
+        print(f"qmix {share:12s}: {1 / update[share]:6.1f} updates/s ({update[share] * 1e3:.1f} ms), acting "
+              f"{steps / acting[share]:6.0f} env steps/s, training {1 / per_step:5.0f} env steps/s")
 
     # The agent network alone on one training batch: all 4 agents x 26 steps x 32 episodes.
-    nets = {}
+    obs = algos["full"].buffer.sample(32, torch.Generator().manual_seed(0))["obs"]
+    forward, forward_backward = {}, {}
     for share in ("full", "kaleidoscope"):
-        _, model, _, algo = build_qmix(share)
-        nets[share] = (model, algo)
-    _, algo_full = nets["full"]
-    while len(algo_full.buffer) < algo_full.batch_size:
-        algo_full.buffer.add(algo_full.run_episodes(algo_full.env, algo_full.env_rng, 1.0)[0])
-    obs = algo_full.buffer.sample(algo_full.batch_size, torch.Generator().manual_seed(0))["obs"]
-    for share, (model, _) in nets.items():
+        model = algos[share].model
         h0 = model.agent.initial_state(obs.shape[0])
         x = model.agent_inputs(obs)
 
         @torch.no_grad()
-        def forward():
+        def fwd(model=model, x=x, h0=h0):
             model.agent(x, h0)
 
-        def forward_backward():
+        def fwd_bwd(model=model, x=x, h0=h0):
             model.zero_grad()
             q, _ = model.agent(x, h0)
             q.sum().backward()
 
-        results["forward"][share] = {"forward_ms": timed(forward, args.repeats) * 1e3,
-                                     "forward_backward_ms": timed(forward_backward, args.repeats) * 1e3}
+        forward[share], forward_backward[share] = fwd, fwd_bwd
+    t_f, t_fb = interleaved(forward, args.repeats), interleaved(forward_backward, args.repeats)
+    for share in ("full", "kaleidoscope"):
+        results["forward"][share] = {"forward_ms": t_f[share] * 1e3, "forward_backward_ms": t_fb[share] * 1e3}
     f, k = results["forward"]["full"], results["forward"]["kaleidoscope"]
     results["forward"]["ratio_forward"] = k["forward_ms"] / f["forward_ms"]
     results["forward"]["ratio_forward_backward"] = k["forward_backward_ms"] / f["forward_backward_ms"]
