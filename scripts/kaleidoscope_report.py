@@ -23,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docgen import md_table, render  # noqa: E402
@@ -137,6 +138,18 @@ def scenario_blocks(name, runs, figures, root):
             f"{name}_verdicts": "\n".join(verdicts) or "(needs all arms)", f"{name}_setup": setup_line}
 
 
+def dead_share(run_dir):
+    """Share of fc2..fc4's weights that every agent's mask prunes in the run's final parameters
+    (what Kaleidoscope's resets would re-initialise, 10% of them per reset)."""
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    dead = total = 0
+    for layer in ("fc2", "fc3", "fc4"):
+        w, s = state[f"agent.{layer}.weight"], state[f"agent.{layer}.thresholds"]
+        pruned = (w.abs()[None] <= torch.sigmoid(s)).all(0)
+        dead, total = dead + int(pruned.sum()), total + pruned.numel()
+    return dead / total
+
+
 def mask_blocks(runs_by_scenario, figures):
     """Pairwise mask distance over training and the share of each layer each agent keeps (Kaleidoscope runs)."""
     lines, keep_tables, pair_tables = [], [], []
@@ -174,9 +187,16 @@ def mask_blocks(runs_by_scenario, figures):
                 for k in pairs]
         pair_tables.append(f"**{SCENARIOS[name]}** (share of the masked weights two agents' masks disagree on, at the end):\n\n"
                            + md_table(prow, ["agents", "mask distance"]))
+        dead = [dead_share(r["dir"]) for r in kalei]
+        steps = kalei[0]["metrics"]["train/env_steps"].max()
+        interval = kalei[0]["config"].algo.reset_interval
+        resets = "no reset was due" if steps <= 2 * interval else "resets were due"
+        lines.append(f"- {SCENARIOS[name]}: {fmt_ci(*mean_ci([100 * d for d in dead])[:2])}% of fc2..fc4's weights are pruned "
+                     f"by every agent's mask at the end; in {steps:,.0f} env steps with resets every {interval:,} (never in "
+                     f"the last interval) {resets}.")
     if not any_runs:
         plt.close(fig)
-        return {"mask_figure": "*No Kaleidoscope runs yet.*", "mask_keep": "", "mask_pairs": ""}
+        return {"mask_figure": "*No Kaleidoscope runs yet.*", "mask_keep": "", "mask_pairs": "", "mask_dead": ""}
     ax.set_xlabel("env steps (thousands)")
     ax.set_ylabel("mean pairwise mask distance")
     ax.legend()
@@ -189,7 +209,7 @@ def mask_blocks(runs_by_scenario, figures):
     fig.savefig(figures / "mask_distance.png", dpi=110)
     plt.close(fig)
     return {"mask_figure": "![mask distance](kaleidoscope/mask_distance.png)", "mask_keep": "\n\n".join(keep_tables),
-            "mask_pairs": "\n\n".join(pair_tables)}
+            "mask_pairs": "\n\n".join(pair_tables), "mask_dead": "\n".join(lines)}
 
 
 def peer_blocks(root, figures):
