@@ -232,6 +232,20 @@ def test_smoke_presets_run_the_three_arms_and_matd3_through_the_command_line(tmp
     report = run_metarun("sweep", cwd=tmp_path, command="metarun-report")  # algorithms without oracle counts
     assert report.returncode == 0, report.stderr[-2000:]
     assert "algo.share=kaleidoscope" in (tmp_path / "sweep" / "report" / "summary.md").read_text()
+    # The doc script renders from such a sweep (parts not run are reported as such).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "world").symlink_to(tmp_path / "sweep")
+    doc = subprocess.run([sys.executable, str(repo / "scripts" / "kaleidoscope_report.py"), "--root", str(tmp_path / "runs"),
+                          "--template", str(repo / "docs" / "src" / "kaleidoscope.md"), "--out", str(tmp_path / "doc" / "k.md")],
+                         capture_output=True, text=True, timeout=120)
+    assert doc.returncode == 0, doc.stderr[-2000:]
+    text = (tmp_path / "doc" / "k.md").read_text()
+    assert "| Kaleidoscope | 0 | 600 |" in text and "*Not run yet:*" in text and (tmp_path / "doc" / "kaleidoscope" / "world_return.png").is_file()
     pytest.importorskip("gymnasium_robotics")
     result = run_metarun("+experiment=kaleidoscope_halfcheetah", "hydra.run.dir=cheetah", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
