@@ -171,6 +171,11 @@ def test_qmix_resume_reproduces_buffer_epsilon_and_metrics(tmp_path, monkeypatch
     assert epsilons[0] == 1.0 and epsilons[-1] == pytest.approx(0.05)  # the schedule ran through
     assert rows[-1]["train/env_steps"] == 8 * 4 * 5
     assert "train/mask_distance" in rows[-1]
+    # mode=eval on the run's checkpoint reproduces its test figure (the same seeded test episodes).
+    from metarun.learner import evaluate_run
+
+    again = evaluate_run(make_cfg(*overrides, "mode=eval", f"run_dir={tmp_path / 'full'}"), tmp_path / "eval")
+    assert again["test/return"] == full["test/return"]
 
 
 MATD3_TINY = ["algo=kaleidoscope_matd3", "task=mamujoco", "task.episode_limit=7", "algo.envs=2", "algo.steps_per_iteration=4",

@@ -78,6 +78,7 @@ class MATD3:
                ("algo.reset_interval", reset_interval, integer(reset_interval, 1), "an integer >= 1"),
                ("algo.critic_reset_interval", critic_reset_interval, integer(critic_reset_interval, 1), "an integer >= 1")])
         self.model, self.task = model, task
+        self.adapted = frozenset()  # no parameter adapts at test time (what mode=eval asks)
         self.actor_masks, self.critic_masks = model.actor.masked_layers(), model.critic.masked_layers()
         if (share == "kaleidoscope") != bool(self.actor_masks):
             raise ConfigError("algo.share", share, "the model's actor sharing (model.share, by default ${algo.share}): "

@@ -81,6 +81,7 @@ class QMIX:
                ("algo.reset_interval", reset_interval, integer(reset_interval, 1), "an integer >= 1"),
                ("algo.reset_ratio", reset_ratio, number(reset_ratio, 0, 1), "a number in [0, 1]")])
         self.model, self.optimizer, self.task = model, optimizer, task
+        self.adapted = frozenset()  # no parameter adapts at test time (what mode=eval asks)
         self.masked = model.agent.masked_layers()
         if share == "kaleidoscope" and not self.masked:
             raise ConfigError("algo.share", share, "a model with masked layers (model=qmix_rnn with share=kaleidoscope); "
