@@ -321,7 +321,8 @@ def matd3_blocks(root, figures):
             f"({s['wall_time'] / 3600:.2f} h with evaluations, threads={s['threads']}); final test return "
             f"{fmt_ci(s['test/return'], s['test/return_ci95'])} (mean ± 95% CI over {r['config'].eval_tasks} episodes); "
             f"at the end the actors' masks differ on {last['train/actor_mask_distance']:.1%} of the weights and the critics' on "
-            f"{last['train/critic_mask_distance']:.1%}.")
+            f"{last['train/critic_mask_distance']:.1%}. At this cost ({s['time'] / m['train/env_steps'].max() * 1e3:.0f} ms per env "
+            f"step) the reference's 10M env steps would take {s['time'] / m['train/env_steps'].max() * 10e6 / 3600:.0f} core-hours per run.")
     return {"matd3": text, "matd3_figure": "![halfcheetah](kaleidoscope/halfcheetah.png)"}
 
 
