@@ -28,13 +28,14 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from docgen import md_table, render  # noqa: E402
 
-from metarun.report import job_dirs, load_run  # noqa: E402
+from metarun.report import ReportError, job_dirs, load_run  # noqa: E402
 from metarun.stats import compare, fmt_ci, mean_ci  # noqa: E402
 
 ARMS = {"kaleidoscope": "Kaleidoscope", "full": "FuPS", "none": "NoPS"}
 COLORS = {"kaleidoscope": "tab:red", "full": "tab:blue", "none": "tab:green", "benchmarl": "tab:purple"}
 SCENARIOS = {"world": "World (simple_world_comm, 4 adversaries vs 2 scripted prey)", "spread": "simple_spread (3 agents)"}
 PAPER_STEPS = 3_050_000
+SEEDS = (0, 1, 2)  # the presets' sweep
 CLAIMS = []  # (scenario, baseline, measure, verdict) of every comparison made
 
 
@@ -52,18 +53,52 @@ def claim_block():
     return "\n".join(lines)
 
 
+def sweep_dirs(sweep):
+    """The run dirs of a sweep dir; none when it is missing or holds no run yet."""
+    try:
+        return job_dirs(sweep)
+    except ReportError:
+        return []
+
+
 def runs_of(sweep):
     """Completed runs of a sweep dir, each with its arm and seed."""
-    if not sweep.is_dir():
-        return []
     out = []
-    for d in job_dirs(sweep):
+    for d in sweep_dirs(sweep):
         r = load_run(d)
         if r["status"] != "completed" or r["config"] is None:
             continue
         r["arm"], r["seed"] = r["config"].algo.share, r["config"].seed
         out.append(r)
     return out
+
+
+def coverage_block(root, runs_by_scenario):
+    """What each sweep holds against its protocol (3 arms x 3 seeds), and the exact commands for the rest."""
+    lines = []
+    for name, runs in runs_by_scenario.items():
+        sweep = root / name
+        done = {(r["arm"], r["seed"]) for r in runs}
+        want = [(arm, seed) for arm in ARMS for seed in SEEDS]
+        have = [f"{ARMS[a]} {sum((a, s) in done for s in SEEDS)}/{len(SEEDS)}" for a in ARMS]
+        lines.append(f"- {SCENARIOS[name]}: {len(done & set(want))} of {len(want)} runs completed ({', '.join(have)} seeds).")
+        partial = []
+        for d in sweep_dirs(sweep):
+            r = load_run(d)
+            if r["status"] != "completed" and r["config"] is not None:
+                steps = r["metrics"]["train/env_steps"].max() if "train/env_steps" in r["metrics"] else 0
+                partial.append((r["config"].algo.share, r["config"].seed, d, steps))
+        started = {(a, s) for a, s, _, _ in partial}
+        for arm, seed, d, steps in partial:
+            lines.append(f"  - {ARMS[arm]} seed {seed} stopped at {steps:,.0f} env steps (not reported); finish it: "
+                         f"`metarun resume=true run_dir={d}`")
+        rest = [(a, s) for a, s in want if (a, s) not in done and (a, s) not in started]
+        if rest:
+            free = max([int(d.name) for d in sweep.iterdir() if d.name.isdigit()], default=-1) + 1 if sweep.is_dir() else 0
+            for k, (arm, seed) in enumerate(rest):
+                lines.append(f"  - {ARMS[arm]} seed {seed} not run: `metarun +experiment=kaleidoscope_{name} scale=full "
+                             f"algo.share={arm} seed={seed} hydra.run.dir={sweep}/{free + k}`")
+    return {"coverage": "\n".join(lines)}
 
 
 def eval_curve(run):
@@ -296,8 +331,15 @@ def quick_blocks(runs_by_scenario):
         at = m[m["train/env_steps"] <= 100_000]["time"].max()  # training seconds up to 100k steps
         overhead = (r["summary"]["wall_time"] - r["summary"]["time"]) / (r["summary"]["iteration"] / r["config"].eval_every + 1)
         per_run.append(at + overhead * (125 / 25 + 1))
-    return {"quick_time": f"{sum(per_run) / 60:.1f} core-minutes for the 9 runs, i.e. about {sum(per_run) / 2 / 60:.0f} minutes "
-                          f"with two runs at a time on the 2 cores (longest run {max(per_run) / 60:.1f} min)"}
+    arms = {}  # a missing seed counts as its arm's mean, a missing arm as the mean run
+    for r, t in zip(runs, per_run):
+        arms.setdefault(r["arm"], []).append(t)
+    mean_run = sum(per_run) / len(per_run)
+    total = sum(3 * sum(arms[a]) / len(arms[a]) if a in arms else 3 * mean_run for a in ARMS)
+    return {"quick_time": f"{total / 60:.1f} core-minutes for the 9 runs, i.e. about {total / 2 / 60:.0f} minutes "
+                          f"with two runs at a time on the 2 cores (estimated from the first 100k env steps of the "
+                          f"{len(runs)} completed full World runs, each run's time measured with one thread while other "
+                          f"jobs shared the machine; longest run {max(per_run) / 60:.1f} min)"}
 
 
 def matd3_blocks(root, figures):
@@ -340,6 +382,7 @@ def main():
     for name, runs in runs_by_scenario.items():
         blocks.update(scenario_blocks(name, runs, figures, root))
     blocks["claim"] = claim_block()
+    blocks.update(coverage_block(root, runs_by_scenario))
     blocks.update(mask_blocks(runs_by_scenario, figures))
     blocks.update(peer_blocks(root, figures))
     blocks.update(speed_blocks(root))

@@ -224,6 +224,7 @@ def test_a_supervised_algorithm_on_a_multi_agent_task_is_refused():
         build(make_cfg("algo=maml", "task=particle_world", "task.scenario=simple_spread"))
 
 
+@pytest.mark.slow  # about 2 min on the shared 2 cores: 3 QMIX runs, metarun-report, the doc script, one MATD3 run
 def test_smoke_presets_run_the_three_arms_and_matd3_through_the_command_line(tmp_path):
     from conftest import run_metarun
 
