@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from metarun.rl.normalize import RunningMeanStd
+from metarun.rl.normalize import TorchRunningMeanStd
 from metarun.rl.replay import EpisodeReplay, TransitionReplay
 
 
@@ -91,7 +91,7 @@ def test_transition_ring_keeps_the_newest_steps_and_restores_exactly():
 
 
 def test_running_mean_std_equals_the_moments_of_all_data():
-    rms = RunningMeanStd()
+    rms = TorchRunningMeanStd()
     chunks = [torch.randn(n) * 3 + 1 for n in (5, 17, 40)]
     for c in chunks:
         rms.update(c)
@@ -104,7 +104,7 @@ def test_running_mean_std_equals_the_moments_of_all_data():
     var = sum(n * v + n * (m - mean) ** 2 for n, m, v in parts) / total
     assert rms.mean.item() == pytest.approx(mean, rel=1e-5)
     assert rms.var.item() == pytest.approx(var, rel=1e-5)
-    back = RunningMeanStd()
+    back = TorchRunningMeanStd()
     back.load_state_dict(rms.state_dict())
     assert torch.equal(back.normalize(torch.ones(3)), rms.normalize(torch.ones(3)))
     assert np.isfinite(back.count.item())

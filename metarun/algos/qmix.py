@@ -28,7 +28,7 @@ from metarun.config import ConfigError
 from metarun.evaluate import split_seed
 from metarun.nn.masks import diversity_loss, mask_distances
 from metarun.nn.sharing import SHARES
-from metarun.rl.normalize import RunningMeanStd
+from metarun.rl.normalize import TorchRunningMeanStd
 from metarun.rl.replay import EpisodeReplay
 from metarun.tasks import MultiAgentTaskFamily
 
@@ -105,7 +105,7 @@ class QMIX:
             "obs": ((task.n_agents, task.obs_dim), torch.float32),
             "actions": ((task.n_agents,), torch.long),
             "reward": ((), torch.float32)}, self.device)
-        self.reward_stats = RunningMeanStd(device=self.device)
+        self.reward_stats = TorchRunningMeanStd(device=self.device)
         # Kaleidoscope's adaptive coefficient: rings of the last `div_history` TD and diversity losses.
         self.history = torch.zeros(2, div_history, device=self.device)
         self.history_count = 0

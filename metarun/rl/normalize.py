@@ -1,10 +1,11 @@
-"""Running mean and variance (Chan et al.'s parallel update, as in baselines' VecNormalize and
-EPyMARL's `standardise_rewards`)."""
+"""Running normalisation statistics."""
 import torch
 
 
-class RunningMeanStd:
-    """Mean and (population) variance of everything passed to `update`, over the last dim's features."""
+class TorchRunningMeanStd:
+    """Running mean and variance over the last dims' features, kept as tensors on the run's device
+    (no host sync per update) with Chan et al.'s parallel update, as EPyMARL's `standardise_rewards`
+    does it (its batch variance is torch's unbiased `var`). QMIX standardises rewards with it."""
 
     def __init__(self, shape=(), epsilon=1e-4, device="cpu"):
         self.mean = torch.zeros(shape, device=device)
