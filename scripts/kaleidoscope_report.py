@@ -130,8 +130,8 @@ def scenario_blocks(name, runs, figures, root):
     arms = by_arm(runs)
     if not arms:
         cmd = f"metarun -m +experiment=kaleidoscope_{name} scale=full hydra.sweep.dir={root}/{name}"
-        missing = f"*Not run yet:* `{cmd}`"
-        return {f"{name}_figure": missing, f"{name}_table": missing, f"{name}_verdicts": missing, f"{name}_setup": missing}
+        return {f"{name}_figure": f"*Not run yet:* `{cmd}` (what exists: see *What was run*)", f"{name}_table": "",
+                f"{name}_verdicts": "", f"{name}_setup": "not run yet (see *What was run*)"}
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for arm, rs in arms.items():
         band(ax, [eval_curve(r).set_index("env_steps")["eval/return"] for r in rs], COLORS[arm], ARMS[arm])
