@@ -37,6 +37,10 @@ def _number():
     return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)), "a number"
 
 
+def _closed_unit():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1), "a number in [0, 1]"
+
+
 def _choice(*options):
     return (lambda v: v in options), "one of " + ", ".join(map(str, options))
 
@@ -180,6 +184,42 @@ RULES = {
     "task.noise": _nonnegative(),
     "task.amplitude_min": _nonnegative(),
     "task.amplitude_max": _positive(),
+    # Multi-agent RL (qmix, kaleidoscope_qmix, matd3, kaleidoscope_matd3; particle_world, mamujoco);
+    # algo.gamma and algo.n_step are ruled above, the same for every RL algorithm
+    "algo.share": _choice("full", "none", "kaleidoscope"),
+    "algo.critic_share": _choice("full", "none", "kaleidoscope"),
+    "algo.n_critics": _int(1),
+    "algo.buffer_size": _int(1),
+    "algo.batch_size": _int(1),
+    "algo.episodes_per_iteration": _int(1),
+    "algo.target_update_interval": _int(1),
+    "algo.epsilon_start": _closed_unit(),
+    "algo.epsilon_finish": _closed_unit(),
+    "algo.epsilon_anneal_steps": _int(1),
+    "algo.grad_norm_clip": _positive(),
+    "algo.div_coef": _nonnegative(),
+    "algo.critic_div_coef": _nonnegative(),
+    "algo.div_history": _int(1),
+    "algo.critic_div_history": _int(1),
+    "algo.reset_interval": _int(1),
+    "algo.critic_reset_interval": _int(1),
+    "algo.reset_ratio": _closed_unit(),
+    "algo.envs": _int(1),
+    "algo.steps_per_iteration": _int(1),
+    "algo.updates_per_iteration": _int(0),
+    "algo.warmup_steps": _int(0),
+    "algo.actor_lr": _positive(),
+    "algo.critic_lr": _positive(),
+    "algo.polyak": _closed_unit(),
+    "algo.policy_freq": _int(1),
+    "algo.expl_noise": _nonnegative(),
+    "algo.policy_noise": _nonnegative(),
+    "algo.noise_clip": _nonnegative(),
+    "task.episode_limit": _int(1),
+    "task.num_adversaries": _int(2),  # the learning agents of simple_world_comm / simple_tag: at least 2
+    "task.num_good_agents": _int(1),
+    "task.n_agents": _int(2),
+    "task.agent_obsk": _int(0),
     "model.head_hidden": _int(0),
     "model.features": _int(1),
 }

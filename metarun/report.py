@@ -478,9 +478,9 @@ def summary_table(groups, metric, target, smooth, test_metric):
             "iterations": int(max(iters)) if iters else 0,
             "iters_to_target": None if hit is None else int(hit.name),
             "seconds_to_target": None if hit is None else round(float(hit["time"]), 2),
-            # NaN when the algorithm counts no oracle calls (PPO: oracle_calls returns {})
-            "oracle_calls_to_target": None if hit is None or math.isnan(hit["oracle_calls"]) else int(hit["oracle_calls"]),
-            "oracle_cost_to_target": None if hit is None or math.isnan(hit["oracle_cost"]) else int(hit["oracle_cost"]),
+            # NaN when the algorithm counts no oracle calls (RL that is not meta-gradient: ppo, qmix, matd3)
+            "oracle_calls_to_target": None if hit is None or pd.isna(hit["oracle_calls"]) else int(hit["oracle_calls"]),
+            "oracle_cost_to_target": None if hit is None or pd.isna(hit["oracle_cost"]) else int(hit["oracle_cost"]),
             f"final_test_{test_metric}": None if not finals else sum(finals) / len(finals),
             "ci95": ci,
             **({"final_dist_to_opt": sum(dist) / len(dist)} if dist else {}),

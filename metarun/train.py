@@ -23,7 +23,7 @@ from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.evaluate import evaluate, summarize
 from metarun.loggers import Loggers
 from metarun.lake import lake_config, lake_errors, lake_summary
-from metarun.tasks import EnvTaskFamily, KnowsOptimum, ReadsImages, RLTaskFamily
+from metarun.tasks import EnvTaskFamily, KnowsOptimum, MultiAgentTaskFamily, ReadsImages, RLTaskFamily
 
 
 class NonFiniteLoss(RuntimeError):
@@ -39,12 +39,16 @@ def build(cfg, task=None):
     device = resolve_device(cfg.get("device", "cpu"))
     torch.manual_seed(cfg.seed)
     task = _instantiate(cfg.task, device=device) if task is None else task
+    # Sizes only a multi-agent task knows (agents, state) fill the model config keys that ask for them.
+    sizes = {k: v for k, v in task.model_sizes().items() if k in cfg.model} if isinstance(task, MultiAgentTaskFamily) else {}
     # The model is initialised on the CPU from the seeded global generator, then moved: a seed
     # gives the same initial weights on every device.
-    model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim).to(device)
+    model = _instantiate(cfg.model, input_shape=task.input_shape, output_dim=task.output_dim, **sizes).to(device)
     optimizer = _instantiate(cfg.optim)(model.parameters())
     algo = _instantiate(cfg.algo, model=model, optimizer=optimizer, task=task, _recursive_=False)
     threads.apply(cfg, task, model, algo)  # threads=auto looks at the workload (metarun/threads.py)
+    if isinstance(task, MultiAgentTaskFamily) and not isinstance(algo, SelfEvaluating):
+        raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "qmix or kaleidoscope_qmix for particle_world; matd3 or kaleidoscope_matd3 for mamujoco")
     if isinstance(task, (RLTaskFamily, EnvTaskFamily)) and not isinstance(algo, SelfEvaluating):
         raise ConfigError("algo", cfg.algo._target_.rsplit(".", 1)[-1], "maml_rl for RL tasks (navigation2d, half_cheetah_vel, "
                           "half_cheetah_dir); ppo or lirpg for mujoco_delayed; lifetime_reward for gridworld")

@@ -9,6 +9,8 @@ rules mask which parameters the inner loop moves. All of them use `binary_step`:
               identity     flip every threshold at once)   or the plain straight-through estimator
                            (Sparse-MAML).
 """
+import math
+
 import torch
 from torch import nn
 
@@ -94,3 +96,55 @@ class MaskedLinear(nn.Module):
 
     def extra_repr(self):
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, n_masks={self.n_masks}"
+
+    @torch.no_grad()
+    def reset_pruned(self, ratio, threshold_init=None):
+        """Revive weights that every mask prunes (Kaleidoscope's periodic reset).
+
+        Each weight pruned by all members is picked with probability `ratio`; a picked weight is
+        re-drawn from torch's default Linear initialisation and its thresholds, for every member,
+        from `init_thresholds` (`threshold_init`, default the layer's own). Weights some member
+        still uses are never touched. Returns the (out, in) boolean tensor of reset weights.
+        """
+        dead = self.masks().sum(0) == 0
+        picked = dead & (torch.rand(self.weight.shape, device=self.weight.device) < ratio)
+        fresh = torch.empty_like(self.weight)
+        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5))  # what nn.Linear draws its weights from
+        self.weight.copy_(torch.where(picked, fresh, self.weight))
+        scale, bias = threshold_init or self.threshold_init
+        redrawn = init_thresholds(self.thresholds.shape, scale, bias, device=self.thresholds.device)
+        self.thresholds.copy_(torch.where(picked, redrawn, self.thresholds))
+        return picked
+
+    @torch.no_grad()
+    def reset_member(self, member, threshold_init=None):
+        """Redraw one member's thresholds from the initial distribution (a critic of the ensemble restarts)."""
+        scale, bias = threshold_init or self.threshold_init
+        self.thresholds[member] = init_thresholds(self.thresholds.shape[1:], scale, bias, device=self.thresholds.device)
+
+
+def diversity_loss(layers, layer_weights):
+    """Kaleidoscope's mask diversity loss, to be minimised (it is minus a distance):
+
+        L_div = - sum_l lambda_l sum_{i != j} || |W_l| (m_i - m_j) ||_1 / (N (N - 1) P)
+
+    over the MaskedLinear `layers` (all with the same N members), m_i the binary masks
+    (straight-through: only the thresholds get gradients), |W_l| detached, P the total number of
+    masked weights of all layers. With binary masks it lies in [-max_l lambda_l * max|W|, 0].
+    """
+    n = layers[0].n_masks
+    if n < 2:
+        raise ValueError("the diversity loss needs at least 2 masks")
+    total, count = 0.0, 0
+    for layer, lam in zip(layers, layer_weights, strict=True):
+        weighted = layer.masks() * layer.weight.detach().abs()
+        total = total + lam * (weighted[None] - weighted[:, None]).abs().sum()
+        count += layer.weight.numel()
+    return -total / (n * (n - 1) * count)
+
+
+@torch.no_grad()
+def mask_distances(layers):
+    """(N, N): share of the masked weights (all `layers` together) on which members i and j differ."""
+    masks = torch.cat([layer.masks().flatten(1) for layer in layers], 1)
+    return (masks[None] != masks[:, None]).float().mean(-1)

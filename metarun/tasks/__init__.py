@@ -51,3 +51,17 @@ class EnvTaskFamily(Protocol):
 
     def make_env(self, delayed: bool = True):
         """A fresh Gymnasium environment of the family."""
+
+
+@runtime_checkable
+class MultiAgentTaskFamily(Protocol):
+    """Several agents in one persistent batched environment (particle_world, mamujoco)."""
+
+    n_agents: int
+    discrete: bool  # discrete actions (QMIX) or continuous ones (MATD3)
+
+    def model_sizes(self) -> dict:
+        """Sizes the model needs beyond input_shape/output_dim (n_agents, state_dim), by model config key."""
+
+    def make_env(self, num_envs: int):
+        """`num_envs` copies of the environment, stepped together (see particle_world.ParticleEnv)."""
