@@ -211,10 +211,11 @@ def peer_block(peer_dir):
         m, h, n = mean_ci(finals[impl])
         rows.append({"implementation": "metarun PPO" if impl == "metarun" else "Stable-Baselines3 PPO",
                      "env": group[0]["env_id"], "seeds": ", ".join(str(r["seed"]) for r in group),
+                     "env steps per run": ", ".join(sorted({f"{r['env_steps']:,}" for r in group})),
                      "final training return": fmt_ci(m, h, 4), "env steps/s (1 thread)":
                      fmt_ci(*mean_ci([r["steps_per_second"] for r in group])[:2], 3),
                      "training time per run (min)": f"{np.mean([r['train_time'] for r in group]) / 60:.0f}"})
-    table = md_table(rows, ["implementation", "env", "seeds", "final training return", "env steps/s (1 thread)",
+    table = md_table(rows, ["implementation", "env", "seeds", "env steps per run", "final training return", "env steps/s (1 thread)",
                             "training time per run (min)"])
     if len(finals) < 2 or len(finals["sb3"]) < 2:
         return table, "Not enough SB3 seeds for a confidence interval yet."

@@ -126,4 +126,7 @@ def test_a_runs_validation_figure_is_not_its_test_figure(tmp_path):
     summary = run(make_cfg("iterations=30", "eval_every=30", "eval_tasks=20", "log_every=10"), tmp_path)
     last = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["iteration"] == 30 and summary["test/loss"] != last["eval/loss"]
-    assert summary["tested_checkpoint"] == "checkpoint.pt" and summary["test_steps"] == 10
+    # The test figure is after the number of inner steps that did best on validation (fewest on ties).
+    val = [last[f"eval/loss_step{k}"] for k in range(11)]
+    assert summary["tested_checkpoint"] == "checkpoint.pt" and summary["test_steps"] == val.index(min(val))
+    assert summary["test/loss"] == summary[f"test/loss_step{summary['test_steps']}"]
