@@ -227,6 +227,11 @@ def peer_block(peer_dir):
             f"[{m_sb3 - h_sb3:.0f}, {m_sb3 + h_sb3:.0f}]: the target is **{'met' if inside else 'missed'}**. "
             f"Difference metarun - SB3: {fmt_ci(diff, half, 3)} (Welch 95% CI; "
             f"{'it covers 0' if verdict == 'not resolved' else 'it excludes 0'}).")
+    steps = sorted({r["env_steps"] for r in results})
+    if steps and max(steps) < 488 * 2048:
+        line += (f" This peer check ran a short budget, {', '.join(f'{n:,}' for n in steps)} env steps per run "
+                 f"(`python scripts/sb3_peer.py --iterations {max(steps) // 2048}`), not the paper's 999,424: "
+                 "it compares the two implementations early in learning only.")
     return table, line
 
 
