@@ -464,7 +464,9 @@ def coverage_block():
 
 def commands_block():
     lines = ["```bash", "# the preset at 1 thread, then its evaluations on other episodes (what --run preset does):"]
-    lines += [" ".join(train_command("preset"))] + [" ".join(eval_command("preset", n)) for n in EVALS]
+    def shown(cmd):  # as a reader types it: repository-relative outputs, the data under $METARUN_DATA
+        return " ".join(cmd).replace(f"task.root={DATA}", "task.root=$METARUN_DATA").replace(f"{REPO}/", "")
+    lines += [shown(train_command("preset"))] + [shown(eval_command("preset", n)) for n in EVALS]
     lines += ["# every arm, training and evaluations (what this script's --run does):",
               "python scripts/omniglot_report.py --commands", "python scripts/omniglot_report.py --run " + " ".join(a for a in ARMS if a != "preset"),
               "python scripts/omniglot_report.py --run " + " ".join(OLD), "# this document:", "python scripts/omniglot_report.py", "```"]
