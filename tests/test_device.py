@@ -7,12 +7,14 @@ called from metarun's own code without an explicit `device=`: on a GPU such a te
 CPU and either fails or forces a copy. Code that means the CPU (random draws from the CPU
 generator, so a seed gives the same tasks on every device) says `device="cpu"`.
 """
+import os
 import sys
 
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+import metarun
 from metarun.algos.maml import MAML
 from metarun.algos.reptile import Reptile
 from metarun.config import ConfigError, resolve_device
@@ -20,6 +22,8 @@ from metarun.evaluate import evaluate
 from metarun.models.mlp import MLP
 from metarun.tasks.sinusoid import Sinusoid
 
+# metarun's own source files (the package folder: a checkout named "metarun" holds the tests too).
+PACKAGE = os.path.dirname(os.path.abspath(metarun.__file__)) + os.sep
 FACTORIES = {torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.rand, torch.randn, torch.randint,
              torch.randperm, torch.eye, torch.tensor, torch.linspace, torch.as_tensor}
 
@@ -35,7 +39,7 @@ class DeviceAudit(TorchFunctionMode):
             frame = sys._getframe(1)
             while frame is not None and "/torch/" in frame.f_code.co_filename:
                 frame = frame.f_back
-            if frame is not None and "/metarun/" in frame.f_code.co_filename.replace("\\", "/"):
+            if frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(PACKAGE):
                 self.violations.append(f"{func.__name__} at {frame.f_code.co_filename}:{frame.f_lineno}")
         return func(*args, **kwargs)
 
