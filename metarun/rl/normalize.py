@@ -15,6 +15,14 @@ import numpy as np
 import torch
 
 
+def merge_moments(mean, var, count, batch_mean, batch_var, batch_count):
+    """Chan et al.'s parallel update of (mean, variance, count) by a batch's; numpy arrays or tensors alike."""
+    delta = batch_mean - mean
+    total = count + batch_count
+    m2 = var * count + batch_var * batch_count + delta ** 2 * count * batch_count / total
+    return mean + delta * batch_count / total, m2 / total, total
+
+
 class RunningMeanStd:
     """Mean and (population) variance of a stream of batches along axis 0."""
 
@@ -28,12 +36,7 @@ class RunningMeanStd:
         self.update_from_moments(x.mean(0), x.var(0), x.shape[0])
 
     def update_from_moments(self, batch_mean, batch_var, batch_count):
-        delta = batch_mean - self.mean
-        total = self.count + batch_count
-        m2 = self.var * self.count + batch_var * batch_count + delta ** 2 * self.count * batch_count / total
-        self.mean = self.mean + delta * batch_count / total
-        self.var = m2 / total
-        self.count = total
+        self.mean, self.var, self.count = merge_moments(self.mean, self.var, self.count, batch_mean, batch_var, batch_count)
 
     def state_dict(self):
         return {"mean": torch.tensor(np.asarray(self.mean, np.float64), device="cpu"),
@@ -97,12 +100,8 @@ class TorchRunningMeanStd:
 
     def update(self, x):
         x = x.reshape(-1, *self.mean.shape).float()
-        batch_mean, batch_var, n = x.mean(0), x.var(0, correction=1), x.shape[0]
-        delta = batch_mean - self.mean
-        total = self.count + n
-        self.mean = self.mean + delta * n / total
-        self.var = (self.var * self.count + batch_var * n + delta.square() * self.count * n / total) / total
-        self.count = total
+        self.mean, self.var, self.count = merge_moments(self.mean, self.var, self.count,
+                                                        x.mean(0), x.var(0, correction=1), x.shape[0])
 
     def normalize(self, x):
         return (x - self.mean) / self.var.sqrt()
