@@ -281,9 +281,11 @@ def per_task(run, cache):
         model.load_state_dict(state["model"])
         load_algo_state(algo, state, [])
         acc = evaluate(algo, task, "test", cfg.eval_tasks, cfg.eval_steps, cfg.eval_seed, cfg.eval_chunk)["accuracy"]
-        reported = run["summary"]["test/accuracy"]
+        # test/accuracy is after the run's test_steps (chosen on validation); its per-step figures are logged too.
+        key_reported = f"test/accuracy_step{cfg.eval_steps}"
+        reported = run["summary"].get(key_reported, run["summary"]["test/accuracy"])
         if abs(acc[-1].mean().item() - reported) > 1e-6:
-            raise SystemExit(f"{run['dir']}: re-evaluated accuracy {acc[-1].mean().item()} != reported {reported}")
+            raise SystemExit(f"{run['dir']}: re-evaluated accuracy {acc[-1].mean().item()} != reported {key_reported} {reported}")
         cache[key] = acc.tolist()
     return torch.tensor(cache[key])
 

@@ -15,6 +15,7 @@ lifetimes. Speed figures come from --bench (lines written by scripts/bench_lifet
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def find_runs(root):
         if OmegaConf.select(cfg, "algo._target_", default="").rsplit(".", 1)[-1] != "LifetimeReward":
             continue
         runs.append({"dir": run_dir, "cfg": cfg, "summary": summary, "env": cfg.task.env, "arm": arm_of(cfg),
-                     "seed": cfg.seed, "iterations": cfg.iterations})
+                     "seed": cfg.seed, "iterations": cfg.iterations, "scale": cfg.get("scale", "quick")})
     return runs
 
 
@@ -363,6 +364,8 @@ def main():
     figdir = out.parent / "lifetime_rewards"
     figdir.mkdir(parents=True, exist_ok=True)
     runs = find_runs(args.root)
+    full_runs = [r for r in runs if r["scale"] == "full"]  # timed only: the figures are the quick scale's
+    runs = [r for r in runs if r["scale"] != "full"]
     groups = {}
     for run in runs:
         g = groups.setdefault(run["env"], {}).setdefault(run["arm"], {"arm": run["arm"], "runs": [], "records": []})
@@ -497,7 +500,7 @@ def main():
     blocks["timing_table"] = md_table(timing_rows, ["environment", "arm", "runs", "meta-iterations", "training s per run", "whole run s", "threads"])
     blocks["speed"] = speed_block(Path(args.bench) if args.bench else Path(args.root) / "bench.jsonl") + "\n\n" + quick_target_line(groups)
     blocks["protocol"] = protocol_block(runs, args.lifetimes)
-    blocks["full_cost"] = full_cost_block(groups)
+    blocks["full_cost"] = full_cost_block(groups, full_runs)
     blocks["not_run"] = not_run_block(groups)
     blocks["hyperparameters"] = hyperparameter_block(groups)
     blocks["layouts"] = layout_block()
@@ -581,8 +584,12 @@ def layout_block():
     return "\n\n".join(parts)
 
 
-def full_cost_block(groups):
-    """What the presets' full scale would cost, from the measured seconds per meta-iteration."""
+def full_cost_block(groups, full_runs=()):
+    """What the presets' full scale costs: measured where a `scale=full` run completed, else projected
+    from the quick runs' measured seconds per meta-iteration."""
+    measured = [f"{TITLES[r['env']]} ({LABELS.get(r['arm'], r['arm'])}, seed {r['seed']}): {r['iterations']} meta-iterations trained in "
+                f"{r['summary']['time'] / 60:.1f} min ({r['summary']['time'] / max(1, r['iterations']):.3f} s per meta-iteration; "
+                f"{r['summary'].get('threads', '?')} thread, `{os.path.relpath(r['dir'], ROOT)}`)" for r in full_runs]
     lines, total = [], 0.0
     for env, g in groups.items():
         if "learned" not in g:
@@ -597,10 +604,14 @@ def full_cost_block(groups):
         total += cost
         lines.append(f"{TITLES[env]} {per_it:.3f} s per meta-iteration x {full} x {seeds} seeds"
                      + (f" x {arms} arms (with the ablations)" if arms > 1 else "") + f" = {cost / 3600:.2f} core-hours")
+    text = ""
+    if measured:
+        text = ("Measured at `scale=full` (one run, two 1-thread jobs at once on the machine alone; its figures are not "
+                "in the tables above, which are the quick scale's): " + "; ".join(measured) + ".\n\n")
     if not lines:
-        return ""
-    return ("The presets' `scale=full` protocol (measured seconds per meta-iteration of the runs above, one thread, training only): "
-            + "; ".join(lines) + f"; in all about {total / 3600:.1f} core-hours plus evaluations.")
+        return text
+    return text + ("The presets' whole `scale=full` protocol, projected from the measured seconds per meta-iteration of the quick runs "
+                   "above (one thread, training only): " + "; ".join(lines) + f"; in all about {total / 3600:.1f} core-hours plus evaluations.")
 
 
 def not_run_block(groups):
