@@ -589,7 +589,7 @@ def full_cost_block(groups, full_runs=()):
     from the quick runs' measured seconds per meta-iteration."""
     measured = [f"{TITLES[r['env']]} ({LABELS.get(r['arm'], r['arm'])}, seed {r['seed']}): {r['iterations']} meta-iterations trained in "
                 f"{r['summary']['time'] / 60:.1f} min ({r['summary']['time'] / max(1, r['iterations']):.3f} s per meta-iteration; "
-                f"{r['summary'].get('threads', '?')} thread, `{os.path.relpath(r['dir'], ROOT)}`)" for r in full_runs]
+                f"threads {r['summary'].get('threads', '?')}, `{os.path.relpath(r['dir'], ROOT)}`)" for r in full_runs]
     lines, total = [], 0.0
     for env, g in groups.items():
         if "learned" not in g:
@@ -606,8 +606,8 @@ def full_cost_block(groups, full_runs=()):
                      + (f" x {arms} arms (with the ablations)" if arms > 1 else "") + f" = {cost / 3600:.2f} core-hours")
     text = ""
     if measured:
-        text = ("Measured at `scale=full` (one run, two 1-thread jobs at once on the machine alone; its figures are not "
-                "in the tables above, which are the quick scale's): " + "; ".join(measured) + ".\n\n")
+        text = ("Measured at `scale=full` (training time of each completed run; its figures are not in the tables above, "
+                "which are the quick scale's): " + "; ".join(measured) + ".\n\n")
     if not lines:
         return text
     return text + ("The presets' whole `scale=full` protocol, projected from the measured seconds per meta-iteration of the quick runs "
