@@ -7,6 +7,7 @@ code 2, before any job runs.
 import difflib
 import json
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException, MissingConfigException
+from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -263,7 +265,12 @@ def hydra_main(cfg):
     except (ConfigError, DataError) as e:
         fail(e)
     except NonFiniteLoss as e:
-        fail(e, code=1)
+        if not multirun:
+            fail(e, code=1)
+        # One diverged setting must not cancel the rest of a sweep: its summary.json says
+        # status "failed", metarun-report flags it, and FailedRunsCallback sets the exit code.
+        print(f"metarun: error: {hc.runtime.output_dir}: {e}; the sweep goes on", file=sys.stderr)
+        return None
     except KeyboardInterrupt:
         if cfg.mode == "eval":
             fail("interrupted", code=130)
@@ -278,6 +285,28 @@ def hydra_main(cfg):
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in report.items()) + f"  time={summary['time']:.1f}s")
     print(f"run dir: {hc.runtime.output_dir}")
     return summary.get("test/loss")
+
+
+class FailedRunsCallback(Callback):
+    """After a sweep, one line naming the runs that failed (non-finite loss), and exit status 1."""
+
+    def on_multirun_start(self, config, **kwargs):
+        self.started = time.time()
+
+    def on_multirun_end(self, config, **kwargs):
+        runs = []
+        for path in Path(config.hydra.sweep.dir).glob("*/summary.json"):
+            try:
+                summary = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if summary.get("updated_at", 0) >= self.started:  # runs of this sweep, not of earlier ones in the same dir
+                runs.append((path.parent.name, summary.get("status")))
+        failed = sorted(name for name, status in runs if status == "failed")
+        if failed:
+            print(f"metarun: error: {len(failed)} of {len(runs)} runs of the sweep in {config.hydra.sweep.dir} failed "
+                  f"({', '.join(failed)}); their summary.json says why", file=sys.stderr)
+            sys.exit(1)
 
 
 def version():

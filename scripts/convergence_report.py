@@ -316,7 +316,9 @@ def timing_row(preset, runs, sweep_dir, scale="quick"):
     threads = sorted({r["summary"].get("threads") for r in done})
     minutes = sum(p["wall_seconds"] for p in parts) / 60 if parts else math.nan
     declared = declared_jobs(preset, scale)
-    return {"preset": preset, "runs": f"{len(done)} completed of {declared} declared" + (" (partial sweep)" if len(done) < declared else ""),
+    failed = sum(r["status"] == "failed" for r in runs)   # diverged: the sweep ran them, they count as not converging
+    return {"preset": preset, "runs": f"{len(done)} completed" + (f", {failed} failed" if failed else "") + f" of {declared} declared"
+            + (" (partial sweep)" if len(done) + failed < declared else ""),
             "jobs at once": ",".join(sorted({str(p["jobs_at_once"]) for p in parts})) or "?",
             "threads per job": ",".join(map(str, threads)),
             "machine": ",".join(sorted({machine_text(p["cpu_slots"], p["cpus"]) for p in parts})) or "unknown",

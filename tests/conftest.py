@@ -35,25 +35,26 @@ def needs_data(item):
     return bool(DATA_FIXTURES & set(getattr(item, "fixturenames", ()))) or item.get_closest_marker("needs_data") is not None
 
 
-def data_line(n, present):
+def data_line(present):
     where = f"{OMNIGLOT} ({'METARUN_DATA' if os.environ.get('METARUN_DATA') else 'default ../shared/data; set METARUN_DATA to change'})"
     if present:
-        return f"metarun data: Omniglot found at {where}: the {n} data-dependent tests run"
-    return f"metarun data: no Omniglot at {where}: the {n} data-dependent tests will skip"
+        return f"metarun data: Omniglot found at {where}: the data-dependent tests run"
+    return f"metarun data: no Omniglot at {where}: the data-dependent tests will skip"
 
 
 def pytest_collection_modifyitems(config, items):
-    selected = [item for item in items if needs_data(item)]
-    present = OMNIGLOT.is_dir()
-    if not present:
-        skip = pytest.mark.skip(reason=f"no Omniglot data at {OMNIGLOT} (set METARUN_DATA)")
-        for item in selected:
+    if OMNIGLOT.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"no Omniglot data at {OMNIGLOT} (set METARUN_DATA)")
+    for item in items:
+        if needs_data(item):
             item.add_marker(skip)
-    config._metarun_data_line = data_line(len(selected), present) if selected else None
 
 
-def pytest_report_collectionfinish(config, start_path, items):
-    return getattr(config, "_metarun_data_line", None) or []  # unset when collection failed
+def pytest_report_header(config):
+    # The header, not the collection report: under pytest-xdist the workers collect, and only
+    # the controller's header reaches the terminal.
+    return data_line(OMNIGLOT.is_dir())
 
 
 @pytest.fixture

@@ -63,6 +63,20 @@ def test_multirun_2x2_makes_four_run_dirs(tmp_path):
     assert len(seen) == 4
 
 
+def test_a_diverged_run_does_not_cancel_the_rest_of_the_sweep(tmp_path):
+    # Job 0 (lr 1e6) turns non-finite; job 1 must still run, and the sweep must exit 1 naming job 0.
+    result = run_metarun("-m", "optim=sgd", "optim.lr=1e6,0.01", "iterations=200", "eval_every=1000", "log_every=50",
+                         "eval_tasks=10", "checkpoint_every=50", "progress=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    statuses = {d.name: json.loads((d / "summary.json").read_text())["status"] for d in (tmp_path / "sweep").iterdir()
+                if d.is_dir() and d.name.isdigit()}
+    assert statuses == {"0": "failed", "1": "completed"}
+    lines = result.stderr.strip().splitlines()
+    assert any("non-finite" in line and "the sweep goes on" in line for line in lines)
+    assert lines[-1] == f"metarun: error: 1 of 2 runs of the sweep in sweep failed (0); their summary.json says why"
+    assert "Traceback" not in result.stderr
+
+
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     args = ["iterations=300", "eval_every=100", "log_every=10", "eval_tasks=20", "checkpoint_every=50", "progress=false"]
     full = run_metarun(*args, "hydra.run.dir=full", cwd=tmp_path)
