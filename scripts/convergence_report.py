@@ -254,7 +254,9 @@ def settings_of(runs, sweep_dir):
 def plateau_rows(groups):
     rows = []
     for label, group in groups.items():
-        curve = mr.seed_average(group, "train/loss", smooth=5)
+        # Completed runs only, as in the verdicts: a diverged run's curve stops where it blew up.
+        done = [r for r in group if r["status"] == "completed"]
+        curve = mr.seed_average(done, "train/loss", smooth=5) if done else None
         if curve is None:
             continue
         it = plateau(curve.index, curve["mean"])

@@ -73,7 +73,7 @@ def test_a_diverged_run_does_not_cancel_the_rest_of_the_sweep(tmp_path):
     assert statuses == {"0": "failed", "1": "completed"}
     lines = result.stderr.strip().splitlines()
     assert any("non-finite" in line and "the sweep goes on" in line for line in lines)
-    assert lines[-1] == f"metarun: error: 1 of 2 runs of the sweep in sweep failed (0); their summary.json says why"
+    assert lines[-1] == "metarun: error: 1 of 2 runs of the sweep in sweep failed (0); their summary.json says why"
     assert "Traceback" not in result.stderr
 
 
