@@ -129,6 +129,7 @@ RULES = {
     "algo.vmap_chunk": _int(1),
     "algo.compile": _bool(),
     "algo.adapt_rule": _choice("fixed", "meta_sgd", "sparse", "threshold"),  # metarun.inner_loop.ADAPT_RULES
+    "algo.head_init": _choice("learned", "prototypes"),  # metarun.inner_loop.HEAD_INITS
     "algo.rule_lr": _positive(),
     "algo.rule_init": _number(),
     "algo.outer": _choice("trpo", "adam"),

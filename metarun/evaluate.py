@@ -66,7 +66,7 @@ def evaluate(algo, task, split, num_tasks, steps, seed, chunk=100, lr=None):
 
     def one_task(sx, sy, qx, qy):
         return adapt_and_evaluate(algo.model, params, algo.adapted, task.loss_fn, (sx, sy), (qx, qy),
-                                  steps, inner_lr, algo.inner_l2, task.classification)
+                                  steps, inner_lr, algo.inner_l2, task.classification, algo.head_init)
 
     results = [vmap(one_task, randomness="same")(*batch) for batch in task_set(task, split, num_tasks, seed, chunk)]
     return {k: torch.cat([r[k] for r in results]).T for k in results[0]}

@@ -300,19 +300,67 @@ def task_functions(model, params, adapted, buffers=None):
     return (lambda x: x), predict
 
 
+HEAD_INITS = ("learned", "prototypes")
+
+
+def check_head_init(head_init, model, adapted, classification):
+    """Raise ConfigError unless `algo.head_init` is one of HEAD_INITS and fits the model and task."""
+    if head_init not in HEAD_INITS:
+        raise ConfigError("algo.head_init", head_init, "one of " + ", ".join(HEAD_INITS))
+    if head_init == "prototypes":
+        if not classification:
+            raise ConfigError("algo.head_init", head_init, "learned for regression tasks (prototypes are class means)")
+        if not isinstance(getattr(model, "head", None), torch.nn.Linear) or not {"head.weight", "head.bias"} <= set(adapted):
+            raise ConfigError("algo.head_init", head_init, "learned unless the model's head is one linear layer that adapts "
+                              "(head.weight and head.bias matched by algo.adapt; model.head_hidden=0)")
+
+
+def prototype_head(features, labels, ways):
+    """Proto-MAML's head (Triantafillou et al., 2020): the linear layer whose logits are ProtoNets'.
+
+    With c_k the mean support feature of class k, W_k = 2 c_k and b_k = -||c_k||^2 give
+    W_k h + b_k = ||h||^2 - ||h - c_k||^2: per example, the softmax of minus the squared distances
+    to the prototypes, a prototypical network's prediction before any inner step. It stays
+    differentiable in the features, so the outer loss also trains the body through the head it
+    starts from. Labels are compared with arange(ways) rather than one_hot'ed, which vmap cannot.
+    """
+    onehot = (labels.unsqueeze(-1) == torch.arange(ways, device=labels.device)).to(features.dtype)
+    prototypes = (onehot.T @ features) / onehot.sum(0).clamp(min=1).unsqueeze(-1)
+    return {"head.weight": 2 * prototypes, "head.bias": -prototypes.pow(2).sum(-1)}
+
+
+def start_fast(model, params, adapted, head_init, support_x, prepared, support_y):
+    """The adapted parameters a task's inner loop starts from: the meta-learned values, or with
+    `head_init=prototypes` the head built from the support set's class prototypes (`prototype_head`).
+
+    `prepared` is `prepare(support_x)` from `task_functions`: the body's features when only the
+    head adapts (ANIL), else the inputs, and the body then runs once more on the support set.
+    """
+    fast = {k: params[k] for k in adapted}
+    if head_init == "learned":
+        return fast
+    if all(n.startswith("head.") for n in adapted):
+        features = prepared
+    else:
+        features = functional_call(model.body, _strip("body.", params), (support_x,))
+    return {**fast, **prototype_head(features, support_y, params["head.weight"].shape[0])}
+
+
 def accuracy(outputs, targets):
     return (outputs.argmax(-1) == targets).float().mean()
 
 
-def adapt_and_evaluate(model, params, adapted, loss_fn, support, query, steps, lr, l2=0.0, classification=False):
+def adapt_and_evaluate(model, params, adapted, loss_fn, support, query, steps, lr, l2=0.0, classification=False,
+                       head_init="learned"):
     """Per-task query ``{"loss": ..., "accuracy": ...}`` after 0, 1, ..., `steps` inner steps. For vmap.
 
     `lr` is what `adapt` takes: a float or per-parameter rates (from the algorithm's adapt rule).
-    Each step is one more call of `adapt`, so evaluation runs exactly the training inner loop.
+    Each step is one more call of `adapt`, from the start `start_fast` gives (`head_init`), so
+    evaluation runs exactly the training inner loop.
     """
     prepare, predict = task_functions(model, params, adapted)
     hs, hq = prepare(support[0]), prepare(query[0])
-    fast = {k: params[k] for k in adapted}
+    fast = start_fast(model, params, adapted, head_init, support[0], hs, support[1])
     results = {"loss": [], "accuracy": []}
     for step in range(steps + 1):
         if step:

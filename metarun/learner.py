@@ -39,7 +39,7 @@ from metarun import checkpoint
 from metarun.config import ConfigError, DataError, resolve_device, validate
 from metarun.algos import SelfEvaluating
 from metarun.evaluate import evaluate, summarize
-from metarun.inner_loop import FixedRule, LearnedRule, adapt, task_functions
+from metarun.inner_loop import FixedRule, LearnedRule, adapt, start_fast, task_functions
 from metarun.lake import lake_config, lake_errors, lake_summary
 from metarun.tasks import ReadsImages
 from metarun.tasks.images import ImageInputs
@@ -81,8 +81,9 @@ def restore(model, saved, adapted, source):
     return mismatched
 
 
-def zero_init_note(names, old, new):
-    return f"the checkpoint's head has {old} outputs and the task {new} ways: {', '.join(names)} {ZERO_INIT}"
+def zero_init_note(names, old, new, head_init="learned"):
+    start = ZERO_INIT if head_init == "learned" else "built per task from the support set's class prototypes (algo.head_init=prototypes)"
+    return f"the checkpoint's head has {old} outputs and the task {new} ways: {', '.join(names)} {start}"
 
 
 def evaluate_run(cfg, out_dir):
@@ -128,7 +129,7 @@ def evaluate_run(cfg, out_dir):
         load_algo_state(algo, state, zeroed)
         if zeroed:
             old = state["model"][zeroed[0]].shape[0]
-            note = zero_init_note(zeroed, old, task.output_dim)
+            note = zero_init_note(zeroed, old, task.output_dim, algo.head_init)
             print(f"metarun: {note}", flush=True)
             summary["head"] = note
         summary["zero_init"] = zeroed
@@ -227,7 +228,7 @@ def load_learner(run_dir, overrides=(), checkpoint=None, device="cpu"):
     load_algo_state(algo, state, zeroed)
     steps = summary.get("test_steps", cfg.eval_steps)
     return Learner(cfg, task, model, algo.adapted, algo.inner_lr, algo.inner_l2, steps, state["model"], zeroed,
-                   adapt_rule=algo.adapt_rule, checkpoint=path.name)
+                   adapt_rule=algo.adapt_rule, checkpoint=path.name, head_init=algo.head_init)
 
 
 def read_preprocess(run_dir):
@@ -277,8 +278,9 @@ class Learner:
     """
 
     def __init__(self, cfg, task, model, adapted, inner_lr, inner_l2, inner_steps, trained_state, zero_init=(),
-                 adapt_rule=None, checkpoint="checkpoint.pt"):
+                 adapt_rule=None, checkpoint="checkpoint.pt", head_init="learned"):
         self.cfg, self.task, self.model = cfg, task, model
+        self.head_init = head_init  # where each task's head starts (metarun.inner_loop.start_fast)
         self.adapted, self.inner_lr, self.inner_l2, self.inner_steps = adapted, inner_lr, inner_l2, inner_steps
         self.adapt_rule = adapt_rule or FixedRule()  # the run's (possibly learned) per-parameter inner rates
         self.checkpoint = checkpoint  # which of the run's checkpoints was loaded
@@ -343,7 +345,7 @@ class Learner:
             self.adapt_rule.plain = frozenset(mismatched)  # a new head steps at the plain inner lr
         if mismatched:
             old = self.trained_state[mismatched[0]].shape[0]
-            warnings.warn(f"metarun: {zero_init_note(mismatched, old, ways)}", stacklevel=3)
+            warnings.warn(f"metarun: {zero_init_note(mismatched, old, ways, self.head_init)}", stacklevel=3)
 
     @torch.no_grad()  # torch.func.grad inside still differentiates; the adapted weights come out detached
     def adapt(self, support_x, support_y, steps=None):
@@ -363,7 +365,7 @@ class Learner:
         params = {k: v.detach() for k, v in self.model.named_parameters()}
         prepare, predict = task_functions(self.model, params, self.adapted)
         hs = prepare(x)
-        fast = {k: params[k] for k in self.adapted}
+        fast = start_fast(self.model, params, self.adapted, self.head_init, x, hs, y)
         # The run's adapt rule; a zero-initialised head (another number of ways) is among its `plain`
         # names, which step at the plain inner lr.
         rates = self.adapt_rule.learning_rates(params, self.inner_lr)

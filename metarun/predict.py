@@ -104,7 +104,7 @@ def main(argv=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the zero-init note is printed below instead
             learner.adapt(support_paths, labels, steps=args.steps)
-        if learner.zero_init:
+        if learner.zero_init and learner.head_init == "learned":
             print(f"metarun-predict: note: {len(learner.classes)} classes, the run's head was trained for "
                   f"{learner.trained_state[learner.zero_init[0]].shape[0]}: the head is zero-initialised "
                   "(Ye & Chao, 2021) and learned from the support set alone", file=sys.stderr)

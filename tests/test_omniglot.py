@@ -520,6 +520,29 @@ def test_affine_augmentation_distorts_training_images_only(tmp_path):
     assert torch.allclose(affine(image, identity), image, atol=1e-6)
 
 
+def test_batched_affine_equals_torchvision_affine_image_by_image():
+    import torchvision.transforms.v2.functional as TF
+
+    from metarun.tasks.images import affine, affine_params
+
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(300, 1, 28, 24, generator=g) > 0.7).to(torch.uint8) * 255  # not square: both axes' scaling
+    params = affine_params(300, 28, g) * torch.tensor([3.0, 3.0, 3.0, 1.0, 1.0, 1.0])  # and far outside Koch's ranges
+    params[:, 3] = params[:, 3].clamp(min=0.5)
+    expected = torch.stack([TF.affine(img, angle=a, translate=[tx, ty], scale=sc, shear=[sx, sy],
+                                      interpolation=TF.InterpolationMode.BILINEAR, fill=0)
+                            for img, (a, tx, ty, sc, sx, sy) in zip(images, params.tolist())])
+    got = affine(images, params)
+    assert got.dtype == torch.uint8
+    difference = (got.int() - expected.int()).abs()
+    assert difference.max() <= 1 and (difference > 0).float().mean() < 1e-3  # uint8 rounding of float noise
+    floats = images.float() / 255
+    expected = torch.stack([TF.affine(img, angle=a, translate=[tx, ty], scale=sc, shear=[sx, sy],
+                                      interpolation=TF.InterpolationMode.BILINEAR, fill=0)
+                            for img, (a, tx, ty, sc, sx, sy) in zip(floats, params.tolist())])
+    torch.testing.assert_close(affine(floats, params), expected, atol=1e-4, rtol=0)
+
+
 def test_bad_episode_options_are_config_errors(coded):
     for options, key in ((dict(episodes="alphabet"), "task.episodes"), (dict(drawers="other"), "task.drawers"),
                          (dict(augment="koch"), "task.augment"), (dict(rotations="sometimes"), "task.rotations"),

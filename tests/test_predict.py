@@ -354,3 +354,20 @@ def test_metarun_predict_works_from_a_copy_of_the_run_dir_without_the_data(tiny_
     probs = learner.adapt(sorted(paths, key=lambda p: (p.parent.name, p.name)), sorted(labels), steps=10).predict(query)
     assert [label for _, label, _ in lines] == [learner.classes[i] for i in probs.argmax(-1).tolist()]
     assert [float(p) for *_, p in lines] == pytest.approx(probs.max(-1).values.tolist(), abs=1e-4)
+
+
+def test_prototype_head_learner_predicts_as_a_prototypical_network_for_any_ways(tiny_run):  # noqa: F811
+    """algo.head_init=prototypes: the head is built from the support set, so a 3-way task on a 5-way
+    run needs no zero-initialised head, and before any step the prediction is ProtoNets'."""
+    learner = load_learner(tiny_run["run_dir"], ["algo.head_init=prototypes"])
+    paths, labels = files(tiny_run, alphabet="Greek", classes=CLASSES[:3])
+    query, _ = files(tiny_run, alphabet="Greek", classes=CLASSES[:3], take=slice(2, 5))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        probs = learner.adapt(paths, labels, steps=0).predict(query, transductive=True)
+    assert any("class prototypes" in str(w.message) for w in caught)  # not "zero-initialised"
+    with torch.no_grad():
+        support = learner.model.body(learner.task.load_images(paths))
+        means = torch.stack([support[2 * k: 2 * k + 2].mean(0) for k in range(3)])
+        expected = (-torch.cdist(learner.model.body(learner.task.load_images(query)), means) ** 2).softmax(-1)
+    torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)

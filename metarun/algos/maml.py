@@ -10,19 +10,23 @@ inner gradients (FOMAML). `adapt_rule` sets the per-parameter inner learning rat
 (algo.inner_lr everywhere) or a rule the outer loop learns with theta (metarun.inner_loop):
 `meta_sgd` (alpha per entry), `sparse` (inner_lr * 1[mu > 0]) or `threshold`
 (inner_lr * 1[|theta| > sigmoid(s)]); `algo.adapt` then names the candidates the rule may adapt.
+`head_init=prototypes` starts each task's linear head from its support set's class prototypes
+(Proto-MAML, Triantafillou et al., 2020) instead of the meta-learned head.
 """
 import torch
 from torch.func import vmap
 
 from metarun.config import DataError
-from metarun.inner_loop import accuracy, adapt, adapted_names, make_adapt_rule, task_functions
+from metarun.inner_loop import accuracy, adapt, adapted_names, check_head_init, make_adapt_rule, start_fast, task_functions
 
 
 class MAML:
     def __init__(self, model, optimizer, task, adapt, inner_steps, inner_lr, inner_l2=0.0, first_order=False, vmap_chunk=None,
-                 compile=False, adapt_rule="fixed", rule_lr=None, rule_init=None):
+                 compile=False, adapt_rule="fixed", rule_lr=None, rule_init=None, head_init="learned"):
         self.model, self.optimizer, self.task, self.vmap_chunk = model, optimizer, task, vmap_chunk
         self.adapted = adapted_names(model, adapt)
+        check_head_init(head_init, model, self.adapted, task.classification)
+        self.head_init = head_init
         self.inner_steps, self.inner_lr, self.inner_l2, self.first_order = inner_steps, inner_lr, inner_l2, first_order
         self.adapt_rule = make_adapt_rule(adapt_rule, model, self.adapted, inner_lr, first_order, rule_init)
         rule_params = list(self.adapt_rule.parameters())
@@ -45,7 +49,7 @@ class MAML:
         """Post-adaptation query loss of one task, plus pre-adaptation loss and accuracy for logging."""
         prepare, predict = task_functions(self.model, params, self.adapted)
         hs, hq = prepare(support_x), prepare(query_x)
-        fast = {k: params[k] for k in self.adapted}
+        fast = start_fast(self.model, params, self.adapted, self.head_init, support_x, hs, support_y)
         loss_fn = self.task.loss_fn
         pre_loss = loss_fn(predict(fast, hs), support_y).detach()
         fast = adapt(lambda p: loss_fn(predict(p, hs), support_y), fast, self.inner_steps, inner_lr, self.inner_l2, self.first_order)

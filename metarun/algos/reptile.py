@@ -43,6 +43,7 @@ class Reptile:
         self.inner_steps, self.inner_lr, self.inner_l2, self.epsilon = inner_steps, inner_lr, inner_l2, epsilon
         self.inner_data, self.inner_batch, self.schedule, self.iterations = inner_data, inner_batch, schedule, iterations
         self.adapt_rule = FixedRule()
+        self.head_init = "learned"  # evaluation and load_learner start each task from the meta-learned head
         self.done = 0  # meta-iterations taken: sets epsilon's schedule (checkpointed)
 
     def epsilon_now(self):
