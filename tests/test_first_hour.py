@@ -215,7 +215,10 @@ def test_summary_follows_checkpoints_sigint_and_resume(tmp_path):
     args = ["iterations=100000", "checkpoint_every=50", "eval_every=100000", "log_every=50", "eval_tasks=8",
             "progress=false", f"hydra.run.dir={run}"]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(["metarun", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child: a suite started in the background (`pytest ... &` in a
+    # script) inherits SIGINT ignored, and so would the child, which would then never stop.
+    proc = subprocess.Popen(["metarun", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     summary = {}
     while time.time() < deadline and proc.poll() is None:  # wait for the third checkpoint
