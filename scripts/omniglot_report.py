@@ -14,6 +14,7 @@ and longer versions are also evaluated with `mode=eval` on other episodes of the
 (metarun.stats) and figures are computed here from the runs' files; its prose is docs/src/omniglot.md.
 """
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -189,6 +190,10 @@ def val_curve(arm):
     return rows
 
 
+def threads_text(n):
+    return f"{n} thread{'s' if n > 1 else ''}"
+
+
 def pct(mean, half):
     from metarun.stats import fmt_ci
 
@@ -207,7 +212,7 @@ def ablation_blocks(figures):
         errors = lake_error(arm)
         mean, half, n = mean_ci(errors)
         row = {"arm": f"`{arm}`", "what changes": spec["change"], "iterations": summary["iteration"],
-               "training time": f"{summary['time'] / 60:.1f} min ({summary.get('threads')} thread{'s' if summary.get('threads', 1) > 1 else ''}; "
+               "training time": f"{summary['time'] / 60:.1f} min ({threads_text(summary['threads'])}; "
                                 f"{concurrency(TAGS[arm], short=True)})",
                "test steps": lake_table(arm)[1], "Lake error (600 test runs)": pct(mean, half)}
         if spec.get("ref") and done(spec["ref"]):
@@ -395,7 +400,7 @@ def headline_blocks(figures, learner, family):
     if stand_in:
         target += " for `base`; the preset itself has not run"
     minutes = summary["time"] / 60
-    alone_on_machine = summary["threads"] == 2 and concurrency(TAGS[head()], short=True) == "no other job"
+    alone_on_machine = summary["threads"] == 2 and concurrent_jobs(TAGS[head()]) == (0, 0)
     time_target = (f"target <= 30 min on the 2-core machine: {'met' if minutes <= 30 else 'missed'}" if alone_on_machine else
                    "not measured alone on the 2 cores, so the 30-minute target is not judged on this run")
     five_way_head = "built from the prototypes" if cfg.algo.get("head_init", "learned") == "prototypes" else "head zero-initialised"
@@ -412,7 +417,7 @@ def headline_blocks(figures, learner, family):
         f"5-way 1-shot (`task.ways=5`, {five_way_head}): "
         f"{pct(ways['ways5']['test/accuracy'], ways['ways5']['test/accuracy_ci95'])}.",
         f"- Training: {summary['iteration']} meta-iterations in {minutes:.1f} min at "
-        f"{summary['threads']} thread{'s' if summary['threads'] > 1 else ''} ({concurrency(TAGS[head()])}); {time_target}; "
+        f"{threads_text(summary['threads'])} ({concurrency(TAGS[head()])}); {time_target}; "
         f"the whole command, evaluations included, {summary['wall_time'] / 60:.1f} min; tested "
         f"`{summary['tested_checkpoint']}` (iteration {summary['tested_iteration']}) after {summary['test_steps']} inner "
         f"steps chosen on validation.",
@@ -437,10 +442,10 @@ def old_protocol_blocks(figures):
             e = load_json(OUT / head() / "eval" / name / "summary.json")
             rows.append({"run": run_name, "protocol": f"{label}, held-out alphabet (Sanskrit)",
                          "test accuracy": pct(e["test/accuracy"], e["test/accuracy_ci95"]), "test steps": e["test_steps"],
-                         "training time": f"{s['time'] / 60:.1f} min ({s['threads']} thread{'s' if s['threads'] > 1 else ''})"})
+                         "training time": f"{s['time'] / 60:.1f} min ({threads_text(s['threads'])})"})
         rows.append({"run": run_name, "protocol": "Lake's runs: 20-way within-alphabet, new drawers, Sanskrit",
                      "test accuracy": pct(1 - s["lake/error"], s["lake/error_ci95"]), "test steps": s["test_steps"],
-                     "training time": f"{s['time'] / 60:.1f} min ({s['threads']} thread{'s' if s['threads'] > 1 else ''})"})
+                     "training time": f"{s['time'] / 60:.1f} min ({threads_text(s['threads'])})"})
     if not any(done(arm) for arm in OLD):
         rows.append({"run": "`omniglot_shared_5w1s` (README's first table)", "protocol": "5-way 1-shot, held-out characters",
                      "test accuracy": "not re-measured in this session: see the README's first table",
@@ -451,14 +456,14 @@ def old_protocol_blocks(figures):
 LEDGER = Path("/work/.cpu/ledger.log")
 
 
-def concurrency(tag, short=False):
-    """Which other CPU jobs ran beside the job `tag` (from the machine's cpujob ledger, when present);
-    `short`: only the count, for a table cell."""
+@functools.lru_cache(maxsize=None)
+def ledger_jobs():
+    """{pid: [tag, lane, start, end or None]} of every job in the machine's cpujob ledger (read once)."""
     import datetime as dt
 
+    jobs = {}
     if not LEDGER.is_file():
-        return "concurrent jobs not recorded"
-    spans, names, lanes, mine = {}, {}, {}, None
+        return jobs
     for line in LEDGER.read_text().splitlines():
         parts = line.split(" ", 4)
         if len(parts) < 5 or not parts[1].startswith("pid="):
@@ -467,29 +472,44 @@ def concurrency(tag, short=False):
         lane = next((lane for lane in ("run x1 ", "quick ", "alone x2 ") if rest.startswith(lane)), "")
         rest = rest[len(lane):]
         if rest.startswith("start "):
-            spans[pid] = [when, None]
-            names[pid], lanes[pid] = rest.split(" ")[1], lane.strip()
-            if names[pid] == tag:
-                mine = pid
-        elif rest.startswith("end ") and pid in spans:
-            spans[pid][1] = when
+            jobs[pid] = [rest.split(" ")[1], lane.strip(), when, None]
+        elif rest.startswith("end ") and pid in jobs:
+            jobs[pid][3] = when
+    return jobs
+
+
+def concurrent_jobs(tag):
+    """(other 1-thread jobs, machine-alone jobs) whose span overlapped the last job tagged `tag`, or
+    None when the ledger does not have it."""
+    import datetime as dt
+
+    jobs = ledger_jobs()
+    mine = next((pid for pid, job in reversed(jobs.items()) if job[0] == tag), None)
     if mine is None:
-        return "concurrent jobs not recorded"
-    start, end = spans[mine]
+        return None
+    _, _, start, end = jobs[mine]
     end = end or dt.datetime.now()
 
     def alive(pid):  # a job without an end line either still runs or died before writing one
         return Path(f"/proc/{pid[len('pid='):]}").exists()
 
-    others = [p for p, (a, b) in spans.items() if p != mine and a < end and (b > start if b else alive(p))]
-    alone = [p for p in others if lanes[p] == "alone x2"]
-    shared = len(others) - len(alone)
-    if short:
-        return "no other job" if shared == 0 and not alone else f"{shared} other job{'s' if shared != 1 else ''} at some point"
+    others = [pid for pid, (_, _, a, b) in jobs.items() if pid != mine and a < end and (b > start if b else alive(pid))]
+    alone = sum(jobs[pid][1] == "alone x2" for pid in others)
+    return len(others) - alone, alone
+
+
+def concurrency(tag, short=False):
+    """Which other CPU jobs ran beside the job `tag`, in words; `short`: only the count, for a table cell."""
+    counts = concurrent_jobs(tag)
+    if counts is None:
+        return "concurrent jobs not recorded"
+    shared, alone = counts
     if shared == 0 and not alone:
-        return "no other job ran during it; cpujob ledger"
+        return "no other job" if short else "no other job ran during it; cpujob ledger"
+    if short:
+        return f"{shared} other job{'s' if shared != 1 else ''} at some point"
     return (f"{shared} other 1-thread jobs shared the 2 cores at some point of its span"
-            + (f", and it stood paused during {len(alone)} machine-alone job{'s' if len(alone) > 1 else ''}" if alone else "")
+            + (f", and it stood paused during {alone} machine-alone job{'s' if alone > 1 else ''}" if alone else "")
             + "; cpujob ledger")
 
 
@@ -498,8 +518,7 @@ def cost_block():
         return "No training run of the preset or of `base` has finished yet."
     s = load_json(OUT / head() / "summary.json")
     per_it = s["time"] / s["iteration"]
-    threads = f"{s['threads']} thread{'s' if s['threads'] > 1 else ''}"
-    return (f"A meta-iteration of {'the preset' if head() == 'preset' else '`base`'} cost {per_it:.2f} s at {threads} here "
+    return (f"A meta-iteration of {'the preset' if head() == 'preset' else '`base`'} cost {per_it:.2f} s at {threads_text(s['threads'])} here "
             f"({s['iteration']} iterations in {s['time'] / 60:.1f} min, {concurrency(TAGS[head()])}), and the whole "
             f"{s['iteration']}-iteration run with its evaluations {s['wall_time'] / 60:.0f} min.")
 

@@ -13,8 +13,7 @@ from metarun.evaluate import evaluate
 from metarun.inner_loop import prototype_head
 from metarun.models.conv4 import Conv4
 from metarun.models.mlp import MLP
-
-CLASSIFICATION = SimpleNamespace(loss_fn=F.cross_entropy, classification=True)
+from test_inner_loop import CLASSIFICATION
 
 
 def test_prototype_head_predicts_what_a_prototypical_network_predicts():
