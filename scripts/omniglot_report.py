@@ -190,6 +190,15 @@ def val_curve(arm):
     return rows
 
 
+def validation_error(arm, summary):
+    """The arm's validation Lake error at its tested checkpoint, after the steps chosen there: what
+    chose its checkpoint and test steps, and what the preset's settings are chosen on."""
+    if "eval_protocol=episodes" in ARMS[arm]["overrides"]:
+        return "(validated on 5-way episodes)"
+    error = next(e for it, _, e in reversed(val_curve(arm)) if it == summary["tested_iteration"])
+    return f"{100 * error:.1f}%"
+
+
 def threads_text(n):
     return f"{n} thread{'s' if n > 1 else ''}"
 
@@ -214,7 +223,8 @@ def ablation_blocks(figures):
         row = {"arm": f"`{arm}`", "what changes": spec["change"], "iterations": summary["iteration"],
                "training time": f"{summary['time'] / 60:.1f} min ({threads_text(summary['threads'])}; "
                                 f"{concurrency(TAGS[arm], short=True)})",
-               "test steps": lake_table(arm)[1], "Lake error (600 test runs)": pct(mean, half)}
+               "test steps": lake_table(arm)[1], "validation Lake error": validation_error(arm, summary),
+               "Lake error (600 test runs)": pct(mean, half)}
         if spec.get("ref") and done(spec["ref"]):
             if spec["claim"] is None:  # the seed arm: no claim, the size of a training seed's effect
                 d, h = diff_ci(errors, lake_error(spec["ref"]))
@@ -227,7 +237,8 @@ def ablation_blocks(figures):
             verdicts.append(f"- *{spec['question']}* (`{arm}` against `{spec['ref']}`): {verdict}, difference "
                             f"{100 * d:+.1f} ± {100 * h:.1f} points of error.")
         rows.append(row)
-    columns = ["arm", "what changes", "iterations", "training time", "test steps", "Lake error (600 test runs)", "vs", "verdict"]
+    columns = ["arm", "what changes", "iterations", "training time", "test steps", "validation Lake error",
+               "Lake error (600 test runs)", "vs", "verdict"]
     figures["ablation_table"] = md_table(rows, columns)
     figures["ablation_verdicts"] = "\n".join(verdicts) or "(no ablation runs yet)"
     figures["seed_noise"] = (
