@@ -1,7 +1,7 @@
 """Peer check: BenchMARL's QMIX on metarun's simple_spread, with metarun's QMIX budget and settings.
 
     pip install -e ".[bench]"        # BenchMARL: a benchmark-only dependency, never imported by metarun
-    python scripts/benchmarl_qmix.py --seeds 0 1 2 --frames 300000 --out outputs/kaleidoscope/benchmarl
+    python scripts/benchmarl_qmix.py --seeds 0 1 2 --frames 200000 --out outputs/kaleidoscope/benchmarl
 
 The environment is metarun's MPE-faithful simple_spread scenario (metarun.tasks.particle_world) in
 VMAS, with VMAS's 9 discrete moves as BenchMARL uses them; metarun's side of the check runs the same
@@ -100,7 +100,7 @@ def run(seed, frames, out, eval_interval, threads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--frames", type=int, default=300_000)
+    parser.add_argument("--frames", type=int, default=200_000, help="env steps (metarun: kaleidoscope_spread scale=full, 250 x 32 x 25)")
     parser.add_argument("--eval-interval", type=int, default=20_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="outputs/kaleidoscope/benchmarl")

@@ -1,6 +1,7 @@
 """docs/kaleidoscope.md from the Kaleidoscope runs (template docs/src/kaleidoscope.md).
 
     python scripts/kaleidoscope_report.py [--root outputs/kaleidoscope] [--out docs/kaleidoscope.md]
+    python scripts/kaleidoscope_report.py --time-quick   # first run the quick World sweep and time it (about 25 min)
 
 Reads, under --root (each part is optional; a missing one is reported as not run yet):
   world/, spread/      metarun -m +experiment=kaleidoscope_{world,spread} scale=full sweeps (3 arms x seeds)
@@ -8,6 +9,7 @@ Reads, under --root (each part is optional; a missing one is reported as not run
   benchmarl/seed*.json scripts/benchmarl_qmix.py (the peer check's BenchMARL side)
   bench.json           scripts/bench_kaleidoscope.py
   halfcheetah/         metarun +experiment=kaleidoscope_halfcheetah scale=full (a single run dir)
+  world_quick/         the quick -m preset as --time-quick ran it, with its wall-clock in timing.json
 and writes the figures under docs/kaleidoscope/ and the tables, verdicts and measured numbers into the
 template's placeholders. Every CI is a 95% t interval over seeds (metarun.stats), every verdict the
 Welch interval of the difference of means.
@@ -15,7 +17,10 @@ Welch interval of the difference of means.
 import argparse
 import json
 import math
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -75,11 +80,12 @@ def runs_of(sweep):
 
 def coverage_block(root, runs_by_scenario):
     """What each sweep holds against its protocol (3 arms x 3 seeds), and the exact commands for the rest."""
-    lines = []
+    lines, complete = [], True
     for name, runs in runs_by_scenario.items():
         sweep = root / name
         done = {(r["arm"], r["seed"]) for r in runs}
         want = [(arm, seed) for arm in ARMS for seed in SEEDS]
+        complete &= set(want) <= done
         have = [f"{ARMS[a]} {sum((a, s) in done for s in SEEDS)}/{len(SEEDS)}" for a in ARMS]
         lines.append(f"- {SCENARIOS[name]}: {len(done & set(want))} of {len(want)} runs completed ({', '.join(have)} seeds).")
         partial = []
@@ -98,7 +104,11 @@ def coverage_block(root, runs_by_scenario):
             for k, (arm, seed) in enumerate(rest):
                 lines.append(f"  - {ARMS[arm]} seed {seed} not run: `metarun +experiment=kaleidoscope_{name} scale=full "
                              f"algo.share={arm} seed={seed} hydra.run.dir={sweep}/{free + k}`")
-    return {"coverage": "\n".join(lines)}
+    intro = ("All of it ran:" if complete else
+             "The CPU time given to this work did not cover all of it; what completed, what stopped part-way "
+             "(only completed runs enter the figures and tables), and the exact commands for the rest:")
+    return {"coverage": "\n".join(lines), "coverage_intro": intro,
+            "finished": "every planned run finished" if complete else "not every planned run finished"}
 
 
 def eval_curve(run):
@@ -110,7 +120,10 @@ def eval_curve(run):
 
 def band(ax, curves, color, label):
     """Mean and 95% CI over seeds of curves (list of Series indexed by env steps)."""
-    frame = pd.concat(curves, axis=1)
+    # Seeds may log at different env steps (a resumed run, another logging grid): align on the union, in
+    # order, each seed interpolated linearly inside its own range so every point has all the seeds it spans.
+    frame = pd.concat([c[~c.index.duplicated(keep="last")] for c in curves], axis=1).sort_index()
+    frame = frame.interpolate(method="index", limit_area="inside")
     stats = [mean_ci(row.dropna()) for _, row in frame.iterrows()]
     mean = [s[0] for s in stats]
     half = [0 if math.isnan(s[1]) else s[1] for s in stats]
@@ -307,7 +320,8 @@ def cost_blocks(runs_by_scenario):
     for name, runs in runs_by_scenario.items():
         for arm, rs in by_arm(runs).items():
             seconds = [r["summary"]["time"] for r in rs]
-            walls = [r["summary"]["wall_time"] for r in rs]
+            # wall_time is the last process's: a resumed run's whole cost is at least its training time.
+            walls = [max(r["summary"]["wall_time"], r["summary"]["time"]) for r in rs]
             steps = rs[0]["metrics"]["train/env_steps"].max()
             per_step = sum(seconds) / len(seconds) / steps
             total += sum(walls)
@@ -320,8 +334,39 @@ def cost_blocks(runs_by_scenario):
                                     "paper protocol, 3.05M steps x 5 seeds"]) + f"\n\nTotal of these runs: {total / 3600:.2f} core-hours."}
 
 
-def quick_blocks(runs_by_scenario):
-    """The quick -m preset's duration, from the full World runs: each run's wall time up to 100k env steps."""
+def time_quick(sweep):
+    """Run the quick World preset as a user would (`metarun -m`, its launcher's two jobs at a time) and
+    write its wall-clock, with what the process can know of the machine, to <sweep>/timing.json."""
+    cmd = ["metarun", "-m", "+experiment=kaleidoscope_world", f"hydra.sweep.dir={sweep}"]
+    print("+ " + " ".join(cmd), flush=True)
+    load_before, t0 = os.getloadavg()[0], time.time()
+    sweep.mkdir(parents=True, exist_ok=True)
+    with open(sweep / "sweep.log", "w") as log:
+        rc = subprocess.call(cmd, env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")},
+                             stdout=log, stderr=subprocess.STDOUT)
+    timing = {"command": " ".join(cmd), "exit_code": rc, "wall_seconds": time.time() - t0, "cpus": os.cpu_count(),
+              "cpu_slots": os.environ.get("METARUN_CPUJOB_SLOTS"), "load_before": load_before,
+              "load_after": os.getloadavg()[0], "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0))}
+    (sweep / "timing.json").write_text(json.dumps(timing, indent=2))
+    print(f"quick sweep: exit {rc} after {timing['wall_seconds'] / 60:.1f} min", flush=True)
+    if rc:
+        raise SystemExit(f"kaleidoscope_report: error: the quick sweep failed (exit {rc}); see {sweep / 'sweep.log'}")
+
+
+def quick_blocks(runs_by_scenario, sweep):
+    """The quick -m preset's duration: measured (--time-quick) when it was, else estimated from the
+    full World runs (each run's wall time up to 100k env steps)."""
+    timing = sweep / "timing.json"
+    if timing.is_file():
+        t = json.loads(timing.read_text())
+        runs = runs_of(sweep)
+        alone = t["cpu_slots"] is not None and int(t["cpu_slots"]) >= t["cpus"]
+        machine = (f"with the machine's {t['cpus']} cores to itself" if alone else
+                   f"on a machine shared with other jobs ({t['cpu_slots'] or 'unknown'} of {t['cpus']} cores held)")
+        return {"quick_time": f"**{t['wall_seconds'] / 60:.1f} minutes** wall-clock for the {len(runs)} runs (target <= 30: "
+                              f"**{'met' if t['wall_seconds'] <= 30 * 60 else 'missed'}**), measured {t['started']} with "
+                              f"`{t['command']}` (the preset's two 1-thread jobs at a time) {machine} (load average "
+                              f"{t['load_before']:.1f} before, {t['load_after']:.1f} after)"}
     runs = runs_by_scenario.get("world", [])
     if not runs:
         return {"quick_time": "*No World runs yet.*"}
@@ -347,6 +392,10 @@ def matd3_blocks(root, figures):
     if not (d / "summary.json").is_file():
         return {"matd3": f"*Not run yet:* `metarun +experiment=kaleidoscope_halfcheetah scale=full hydra.run.dir={d}`", "matd3_figure": ""}
     r = load_run(d)
+    if r["status"] != "completed":  # running or stopped: not reported, say how to finish it
+        steps = r["metrics"]["train/env_steps"].max() if "train/env_steps" in r["metrics"] else 0
+        return {"matd3": f"*Not finished* ({r['status']}, {steps:,.0f} env steps so far): "
+                         f"`metarun resume=true run_dir={d}`", "matd3_figure": ""}
     curve = eval_curve(r)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     ax.plot(curve["env_steps"] / 1000, curve["eval/return"], marker="o", color="tab:red")
@@ -359,11 +408,18 @@ def matd3_blocks(root, figures):
     plt.close(fig)
     s, m = r["summary"], r["metrics"]
     last = m.dropna(subset=["train/critic_mask_distance"]).iloc[-1]
+    warmup = r["config"].algo.warmup_steps
+    learned = curve[curve["env_steps"] > warmup]
+    rising = (": it rose, so the run shows the method learning, not where it ends"
+              if learned["eval/return"].iloc[-1] > learned["eval/return"].iloc[0] else ": it did not rise")
     text = (f"{m['train/env_steps'].max():,.0f} env steps, {m['train/updates'].max():,.0f} updates in {s['time'] / 3600:.2f} h of training "
             f"({s['wall_time'] / 3600:.2f} h with evaluations, threads={s['threads']}); final test return "
             f"{fmt_ci(s['test/return'], s['test/return_ci95'])} (mean ± 95% CI over {r['config'].eval_tasks} episodes); "
             f"at the end the actors' masks differ on {last['train/actor_mask_distance']:.1%} of the weights and the critics' on "
-            f"{last['train/critic_mask_distance']:.1%}. At this cost ({s['time'] / m['train/env_steps'].max() * 1e3:.0f} ms per env "
+            f"{last['train/critic_mask_distance']:.1%}. The evaluation return (validation episodes) went from "
+            f"{learned['eval/return'].iloc[0]:.0f} at {learned['env_steps'].iloc[0]:,.0f} env steps, the first evaluation after the "
+            f"{warmup:,} random warm-up steps, to {learned['eval/return'].iloc[-1]:.0f} at {learned['env_steps'].iloc[-1]:,.0f}"
+            f"{rising}. At this cost ({s['time'] / m['train/env_steps'].max() * 1e3:.0f} ms per env "
             f"step) the reference's 10M env steps would take {s['time'] / m['train/env_steps'].max() * 10e6 / 3600:.0f} core-hours per run.")
     return {"matd3": text, "matd3_figure": "![halfcheetah](kaleidoscope/halfcheetah.png)"}
 
@@ -373,8 +429,12 @@ def main():
     parser.add_argument("--root", default="outputs/kaleidoscope")
     parser.add_argument("--template", default="docs/src/kaleidoscope.md")
     parser.add_argument("--out", default="docs/kaleidoscope.md")
+    parser.add_argument("--time-quick", action="store_true",
+                        help="first run the quick World preset into <root>/world_quick and time it (give it the machine alone)")
     args = parser.parse_args()
     root, out = Path(args.root), Path(args.out)
+    if args.time_quick:
+        time_quick(root / "world_quick")
     figures = out.parent / "kaleidoscope"
     figures.mkdir(parents=True, exist_ok=True)
     runs_by_scenario = {name: runs_of(root / name) for name in SCENARIOS}
@@ -387,7 +447,7 @@ def main():
     blocks.update(peer_blocks(root, figures))
     blocks.update(speed_blocks(root))
     blocks.update(cost_blocks(runs_by_scenario))
-    blocks.update(quick_blocks(runs_by_scenario))
+    blocks.update(quick_blocks(runs_by_scenario, root / "world_quick"))
     blocks.update(matd3_blocks(root, figures))
     render(args.template, out, blocks, script="kaleidoscope_report.py")
     print(f"written {out}")

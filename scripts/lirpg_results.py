@@ -263,7 +263,7 @@ def bench_block(path, runs):
                           "whole command (min)": fmt_ci(*mean_ci(w)[:2], 3) if w else "n/a",
                           "env steps/s": f"{ITERATIONS * 2048 / (np.mean(t) * 60):.0f}"})
     if timed:
-        lines.append("\nThe whole 1M-step runs (one thread each, in a shared run slot; see the note on load below):\n")
+        lines.append("\nThe whole 1M-step runs (one thread each, each beside other jobs on the 2 cores, so slower than alone):\n")
         lines.append(md_table(timed, ["run", "runs", "training time (min)", "whole command (min)", "env steps/s"]))
     return "\n".join(lines)
 
