@@ -139,6 +139,33 @@ def by_arm(runs):
     return {a: sorted(arms[a], key=lambda r: r["seed"]) for a in ARMS if a in arms}
 
 
+def scripted_spread_return(episodes=100, seed=0):
+    """A yardstick for simple_spread: each agent heads for its landmark in the assignment of least total
+    distance (every agent can compute it from its own observation), damping its velocity. Returns the
+    team return's mean and 95% CI half-width over `episodes` episodes."""
+    import itertools
+
+    from metarun.tasks.particle_world import _MOVE_DIRECTIONS, ParticleEnv, ParticleWorld
+
+    task = ParticleWorld("simple_spread")
+    env = ParticleEnv(task, episodes)
+    obs = env.reset(torch.Generator().manual_seed(seed))
+    n = task.n_agents
+    perms = torch.tensor(list(itertools.permutations(range(n))))
+    total = torch.zeros(episodes)
+    for _ in range(task.episode_limit):
+        vel, rel = obs[..., 0:2], obs[..., 4:4 + 2 * n].reshape(episodes, n, n, 2)  # (env, agent, landmark, xy)
+        dist = rel.norm(dim=-1)
+        best = perms[torch.stack([dist[:, torch.arange(n), p].sum(-1) for p in perms], 1).argmin(1)]
+        target = rel[torch.arange(episodes)[:, None], torch.arange(n)[None], best]
+        score = (target - 0.3 * vel) @ _MOVE_DIRECTIONS.T
+        score[..., 0] = 0.02  # stay put once there
+        obs, reward = env.step(score.argmax(-1))
+        total += reward
+    mean, half, _ = mean_ci(total.tolist())
+    return mean, half
+
+
 def scenario_blocks(name, runs, figures, root):
     arms = by_arm(runs)
     if not arms:
@@ -148,6 +175,9 @@ def scenario_blocks(name, runs, figures, root):
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for arm, rs in arms.items():
         band(ax, [eval_curve(r).set_index("env_steps")["eval/return"] for r in rs], COLORS[arm], ARMS[arm])
+    reference = scripted_spread_return() if name == "spread" else None
+    if reference is not None:
+        ax.axhline(reference[0], color="gray", linestyle="--", label="scripted assignment policy")
     ax.set_xlabel("env steps (thousands)")
     ax.set_ylabel("evaluation return (100 greedy episodes)")
     ax.set_title(SCENARIOS[name])
@@ -169,6 +199,10 @@ def scenario_blocks(name, runs, figures, root):
                      "training minutes per run": fmt_ci(*mean_ci(minutes)[:2], digits=2)})
     table = md_table(rows, ["arm", "seeds", "env steps", "final test return", "mean evaluation return over training",
                             "training minutes per run"])
+    if reference is not None:
+        table += (f"\n\nA yardstick (dashed in the figure): a scripted policy that sends each agent to its landmark in the "
+                  f"assignment of least total distance, which each agent can compute from its own observation, scores "
+                  f"{fmt_ci(*reference)} over 100 episodes (`scripted_spread_return` in this script).")
     verdicts = []
     for other in ("full", "none"):
         if "kaleidoscope" not in arms or other not in arms:
