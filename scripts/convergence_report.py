@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -32,7 +31,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from docgen import md_table, render  # noqa: E402
+from docgen import machine_text, md_table, render, timed_run  # noqa: E402
 
 from metarun import report as mr  # noqa: E402
 from metarun import stats  # noqa: E402
@@ -68,21 +67,16 @@ def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None):
     cmd += [f"seed={seeds}"] if seeds is not None else []
     cmd += [f"hydra/launcher={launcher}"] if launcher else []
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"), "METARUN_DATA": str(data)}
-    print("+ " + " ".join(cmd), flush=True)
-    load_before, t0 = os.getloadavg(), time.time()
     with open(sweep_dir.parent / f"{preset}.log", "a") as log:
-        rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        timing = timed_run(cmd, log, env, cwd=REPO)
     multirun = OmegaConf.load(sweep_dir / "multirun.yaml") if (sweep_dir / "multirun.yaml").is_file() else None
     target = OmegaConf.select(multirun, "hydra.launcher._target_", default="") if multirun is not None else ""
     jobs = OmegaConf.select(multirun, "hydra.launcher.n_jobs", default=None) if "Joblib" in target else 1
-    part = {"seeds": seeds or "all", "exit_code": rc, "wall_seconds": time.time() - t0, "command": " ".join(cmd),
-            "jobs_at_once": jobs, "cpu_slots": os.environ.get("METARUN_CPUJOB_SLOTS"), "cpus": os.cpu_count(),
-            "load_before": load_before[0], "load_after": os.getloadavg()[0],
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0))}
+    part = {"seeds": seeds or "all", **timing, "jobs_at_once": jobs}
     path = sweep_dir / "timing.json"
     parts = json.loads(path.read_text()) if seeds is not None and path.is_file() else []
     path.write_text(json.dumps([p for p in parts if p["seeds"] != part["seeds"]] + [part], indent=2))
-    print(f"  {preset}: exit {rc} after {part['wall_seconds']:.0f} s", flush=True)
+    print(f"  {preset}: exit {part['exit_code']} after {part['wall_seconds']:.0f} s", flush=True)
     return part
 
 
@@ -301,12 +295,6 @@ def declared_jobs(preset, scale):
         cfg = compose("config", overrides=[f"+experiment={preset}", f"scale={scale}"], return_hydra_config=True)
     params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
     return math.prod(len(str(v).split(",")) for v in params.values())
-
-
-def machine_text(slots, cpus):
-    if slots is None:
-        return "unknown"
-    return "alone" if int(slots) >= (cpus or 2) else f"shared ({slots} of {cpus} cores)"
 
 
 def timing_row(preset, runs, sweep_dir, scale="quick"):

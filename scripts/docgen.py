@@ -9,8 +9,11 @@ drift from the data: a number in the doc is either computed now or absent. A pla
 block, or a block without a placeholder, is an error, so a renamed block cannot silently vanish.
 The output starts with a note saying which script and template made it.
 """
+import os
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,3 +47,22 @@ def md_table(rows, columns):
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def timed_run(cmd, log, env, cwd=ROOT):
+    """Run `cmd` with its output to the open file `log`; return its exit code and wall-clock with what the
+    process can know of the machine: the CPU slots it held (cpujob's METARUN_CPUJOB_SLOTS), the cores,
+    and the load average before and after. The scripts that time sweeps for the docs record this."""
+    print("+ " + " ".join(cmd), flush=True)
+    load_before, t0 = os.getloadavg()[0], time.time()
+    rc = subprocess.call(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return {"command": " ".join(cmd), "exit_code": rc, "wall_seconds": time.time() - t0,
+            "cpu_slots": os.environ.get("METARUN_CPUJOB_SLOTS"), "cpus": os.cpu_count(), "load_before": load_before,
+            "load_after": os.getloadavg()[0], "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0))}
+
+
+def machine_text(slots, cpus):
+    """The machine a timed run had, from `timed_run`'s cpu_slots and cpus: alone, shared or unknown."""
+    if slots is None:
+        return "unknown"
+    return "alone" if int(slots) >= (cpus or 2) else f"shared ({slots} of {cpus} cores)"

@@ -18,9 +18,7 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -31,7 +29,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docgen import md_table, render  # noqa: E402
+from docgen import machine_text, md_table, render, timed_run  # noqa: E402
 
 from metarun.report import ReportError, job_dirs, load_run  # noqa: E402
 from metarun.stats import compare, fmt_ci, mean_ci  # noqa: E402
@@ -372,16 +370,11 @@ def time_quick(sweep):
     """Run the quick World preset as a user would (`metarun -m`, its launcher's two jobs at a time) and
     write its wall-clock, with what the process can know of the machine, to <sweep>/timing.json."""
     cmd = ["metarun", "-m", "+experiment=kaleidoscope_world", f"hydra.sweep.dir={sweep}"]
-    print("+ " + " ".join(cmd), flush=True)
-    load_before, t0 = os.getloadavg()[0], time.time()
     sweep.mkdir(parents=True, exist_ok=True)
     with open(sweep / "sweep.log", "w") as log:
-        rc = subprocess.call(cmd, env={**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")},
-                             stdout=log, stderr=subprocess.STDOUT)
-    timing = {"command": " ".join(cmd), "exit_code": rc, "wall_seconds": time.time() - t0, "cpus": os.cpu_count(),
-              "cpu_slots": os.environ.get("METARUN_CPUJOB_SLOTS"), "load_before": load_before,
-              "load_after": os.getloadavg()[0], "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0))}
+        timing = timed_run(cmd, log, {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}, cwd=None)
     (sweep / "timing.json").write_text(json.dumps(timing, indent=2))
+    rc = timing["exit_code"]
     print(f"quick sweep: exit {rc} after {timing['wall_seconds'] / 60:.1f} min", flush=True)
     if rc:
         raise SystemExit(f"kaleidoscope_report: error: the quick sweep failed (exit {rc}); see {sweep / 'sweep.log'}")
@@ -394,8 +387,7 @@ def quick_blocks(runs_by_scenario, sweep):
     if timing.is_file():
         t = json.loads(timing.read_text())
         runs = runs_of(sweep)
-        alone = t["cpu_slots"] is not None and int(t["cpu_slots"]) >= t["cpus"]
-        machine = (f"with the machine's {t['cpus']} cores to itself" if alone else
+        machine = (f"with the machine's {t['cpus']} cores to itself" if machine_text(t["cpu_slots"], t["cpus"]) == "alone" else
                    f"on a machine shared with other jobs ({t['cpu_slots'] or 'unknown'} of {t['cpus']} cores held)")
         return {"quick_time": f"**{t['wall_seconds'] / 60:.1f} minutes** wall-clock for the {len(runs)} runs (target <= 30: "
                               f"**{'met' if t['wall_seconds'] <= 30 * 60 else 'missed'}**), measured {t['started']} with "
