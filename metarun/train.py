@@ -177,6 +177,7 @@ def run(cfg, run_dir, group=None, name=None):
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
     start, train_time = 0, 0.0
+    wall_before = 0.0  # wall-clock of earlier processes of this run, up to the checkpoint this one resumes
     oracle = {}  # cumulative oracle calls, by the keys the algorithm reports
     best = None  # where best.pt came from: {"metric", "value", "score", "iteration"}
     last_val = None  # (iteration, validation figures) of the latest validation
@@ -190,6 +191,8 @@ def run(cfg, run_dir, group=None, name=None):
         algo.load_state_dict(state["algo"])
         set_rng_state(generator, state)
         start, train_time, oracle = state["iteration"], state["time"], dict(state["oracle"])
+        # Checkpoints before wall_time was kept carry the training time only: a lower bound.
+        wall_before = state.get("wall_time", train_time)
         if best_path.is_file():
             best = checkpoint.load(best_path)["best"]
     write_config(run_dir, cfg)
@@ -232,7 +235,7 @@ def run(cfg, run_dir, group=None, name=None):
     def save(iteration):
         nonlocal last_checkpoint
         checkpoint.save(ckpt_path, {
-            "iteration": iteration, "time": train_time, "oracle": oracle,
+            "iteration": iteration, "time": train_time, "wall_time": wall_before + time.perf_counter() - wall_start, "oracle": oracle,
             "model": model.state_dict(), "algo": algo.state_dict(), **rng_state(generator),
             "config": fingerprint(cfg),
         })
@@ -302,7 +305,9 @@ def run(cfg, run_dir, group=None, name=None):
             final.update(lake_summary(tested_tasks, eval_task, cfg, steps, run_dir))
         summary.update(final, status="completed", iteration=cfg.iterations, tested_iteration=tested,
                        tested_checkpoint=tested_file, test_steps=steps, time=train_time,
-                       wall_time=time.perf_counter() - wall_start,  # this process's, evaluations included
+                       # the whole run's, evaluations included: across resumes, as `time` (the work a kill
+                       # threw away after the last checkpoint is not counted; its redo is)
+                       wall_time=wall_before + time.perf_counter() - wall_start,
                        threads=torch.get_num_threads(),  # what the times above were measured with
                        **{f"oracle/{k}": v for k, v in oracle.items()})
         status = "completed"

@@ -352,7 +352,8 @@ def cost_blocks(runs_by_scenario):
     for name, runs in runs_by_scenario.items():
         for arm, rs in by_arm(runs).items():
             seconds = [r["summary"]["time"] for r in rs]
-            # wall_time is the last process's: a resumed run's whole cost is at least its training time.
+            # Summaries written before wall_time was summed over resumes hold the last process's only;
+            # a resumed run's whole cost is at least its training time.
             walls = [max(r["summary"]["wall_time"], r["summary"]["time"]) for r in rs]
             steps = rs[0]["metrics"]["train/env_steps"].max()
             per_step = sum(seconds) / len(seconds) / steps

@@ -258,7 +258,8 @@ def bench_block(path, runs):
     for (env_id, delay, arm), group in sorted(runs.items()):
         if arm in ARMS:
             t = [r["time"] / 60 for r in group]
-            # wall_time is the last process's: a resumed run's whole command took at least its training time.
+            # Summaries written before wall_time was summed over resumes hold the last process's only;
+            # a resumed run's whole command took at least its training time.
             w = [max(r["wall_time"], r["time"]) / 60 for r in group if r["wall_time"]]
             timed.append({"run": f"{ARMS[arm]}, {env_id}", "runs": len(group), "training time (min)": fmt_ci(*mean_ci(t)[:2], 3),
                           "whole command (min)": fmt_ci(*mean_ci(w)[:2], 3) if w else "n/a",

@@ -101,3 +101,31 @@ def test_compiled_meta_loss_trains_like_the_eager_one_and_resumes(tmp_path, monk
     for a, b in zip(eager_rows, compiled_rows):
         if "train/loss" in a:
             assert b["train/loss"] == pytest.approx(a["train/loss"], rel=1e-3, abs=1e-5)
+
+
+def test_wall_time_of_a_resumed_run_counts_every_process(tmp_path, monkeypatch):
+    # The first process is slowed by sleeps a second process never sees: a summary that counted only
+    # the last process would report less than the first one's checkpointed wall-clock.
+    import time
+
+    from metarun.algos.maml import MAML
+
+    cfg = make_cfg(*FAST)
+    step = MAML.step
+
+    def slow_step(self, batch):
+        time.sleep(0.25)
+        return step(self, batch)
+
+    monkeypatch.setattr(MAML, "step", slow_step)
+    interrupt_at(monkeypatch, MAML, 10)  # wraps slow_step: checkpoint at 8 (2 s of sleeps), stop at 10
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "run")
+    monkeypatch.setattr(MAML, "step", step)
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["iteration"] == 8 and saved["wall_time"] >= saved["time"] >= 8 * 0.25
+    started = time.perf_counter()
+    resumed = run(make_cfg(*FAST, "resume=true"), tmp_path / "run")
+    second = time.perf_counter() - started
+    assert second < saved["wall_time"]  # what the old summary would have reported is too small
+    assert saved["wall_time"] + (resumed["time"] - saved["time"]) <= resumed["wall_time"] <= saved["wall_time"] + second
