@@ -84,7 +84,8 @@ def read_runs(root, iterations=ITERATIONS):
             stopped.setdefault(key, []).append(run)
             continue
         run.update({"final": train[-1]["train/return"], "episodes": train[-1].get("train/episodes"), "test": summary.get("test/return"), "time": summary["time"],
-                    "wall_time": summary.get("wall_time"), "threads": summary.get("threads")})
+                    "wall_time": summary.get("wall_time"), "threads": summary.get("threads"),
+                    "compiled": bool(cfg["algo"].get("compile", False))})
         runs.setdefault(key, []).append(run)
     return runs, stopped
 
@@ -240,42 +241,63 @@ def bench_block(path, runs):
     if path and Path(path).is_file():
         b = json.loads(Path(path).read_text())
         s = b["seconds_per_iteration"]
-        lines.append(md_table([{"": name.upper(), "rollout (s)": f"{s[name]['rollout']:.2f}", "optimisation (s)": f"{s[name]['update']:.2f}",
-                                "iteration (s)": f"{s[name]['iteration']:.2f}", "env steps/s": f"{b['steps_per_second'][name]:.0f}"}
-                               for name in ("ppo", "lirpg")], ["", "rollout (s)", "optimisation (s)", "iteration (s)", "env steps/s"]))
-        met = b["ratio_iteration"] <= 2
-        lines.append(f"\nLIRPG / PPO per update of {b['nsteps']} steps: **{b['ratio_iteration']:.2f}x** (target <= 2x: "
-                     f"**{'met' if met else 'missed'}**); in the optimisation phase alone {b['ratio_update_phase']:.2f}x. "
-                     f"Medians of {b['iterations']} alternating iterations of each on {b['env_id']}, {b['threads']} thread, "
-                     f"{b['started']} to {b['finished']}{'; ' + b['note'] if b['note'] else ''}.")
+        names = {"ppo": "PPO", "lirpg": "LIRPG", "ppo_compiled": "PPO, algo.compile=true", "lirpg_compiled": "LIRPG, algo.compile=true"}
+        lines.append(md_table([{"": label, "rollout (s)": f"{s[name]['rollout']:.2f}", "optimisation (s)": f"{s[name]['update']:.2f}",
+                                "iteration (s)": f"{s[name]['iteration']:.2f}", "env steps/s": f"{b['steps_per_second'][name]:.0f}",
+                                "first iteration (s)": f"{b['warmup_seconds'][name]:.1f}" if "warmup_seconds" in b else "-"}
+                               for name, label in names.items() if name in s],
+                              ["", "rollout (s)", "optimisation (s)", "iteration (s)", "env steps/s", "first iteration (s)"]))
+        conditions = (f"Medians of {b['iterations']} iterations of each, taken in turn on {b['env_id']}, {b['threads']} thread, "
+                      f"{b['started']} to {b['finished']}{'; ' + b['note'] if b['note'] else ''}.")
+        if "ratio_iteration_compiled" in b:
+            met = b["ratio_iteration_compiled"] <= 2
+            lines.append(f"\nLIRPG / PPO per update of {b['nsteps']} steps, both with `algo.compile=true` (what the 1M-step presets "
+                         f"run): **{b['ratio_iteration_compiled']:.2f}x** (target <= 2x: **{'met' if met else 'missed'}**); in the "
+                         f"optimisation phase alone {b['ratio_update_phase_compiled']:.2f}x. Both eager (the quick presets): "
+                         f"{b['ratio_iteration']:.2f}x ({b['ratio_update_phase']:.2f}x in the optimisation phase); compiled LIRPG "
+                         f"against eager PPO: {b['ratio_compiled_lirpg_to_eager_ppo']:.2f}x. The first iteration of a compiled "
+                         f"run includes its compilation. {conditions}")
+        else:
+            met = b["ratio_iteration"] <= 2
+            lines.append(f"\nLIRPG / PPO per update of {b['nsteps']} steps: **{b['ratio_iteration']:.2f}x** (target <= 2x: "
+                         f"**{'met' if met else 'missed'}**); in the optimisation phase alone {b['ratio_update_phase']:.2f}x. {conditions}")
         parts = "; ".join(f"{k}: {v:.2f} ms" for k, v in b["lirpg_minibatch_ms"].items())
         hot = ", ".join(f"`{h['op']}` {100 * h['share']:.0f}%" for h in b["hot_ops"][:6])
-        lines.append(f"\nWhere a LIRPG minibatch update goes (PPO's whole minibatch update: {b['ppo_minibatch_ms']:.2f} ms): {parts}. "
+        lines.append(f"\nWhere an eager LIRPG minibatch update goes (PPO's whole minibatch update: {b['ppo_minibatch_ms']:.2f} ms): {parts}. "
                      f"Top operators by self time: {hot}.")
+        if "lirpg_compiled_minibatch_ms" in b:
+            parts = "; ".join(f"{k}: {v:.2f} ms" for k, v in b["lirpg_compiled_minibatch_ms"].items())
+            lines.append(f"Compiled (PPO's whole minibatch update: {b['ppo_compiled_minibatch_ms']:.2f} ms): {parts}.")
     else:
         lines.append("The benchmark has not been run yet (`python scripts/bench_lirpg.py`).")
     timed = []
     for (env_id, delay, arm), group in sorted(runs.items()):
-        if arm in ARMS:
-            t = [r["time"] / 60 for r in group]
+        for compiled in (False, True):
+            done = [r for r in group if r["compiled"] == compiled]
+            if arm not in ARMS or not done:
+                continue
+            t = [r["time"] / 60 for r in done]
             # Summaries written before wall_time was summed over resumes hold the last process's only;
             # a resumed run's whole command took at least its training time.
-            w = [max(r["wall_time"], r["time"]) / 60 for r in group if r["wall_time"]]
-            timed.append({"run": f"{ARMS[arm]}, {env_id}", "runs": len(group), "training time (min)": fmt_ci(*mean_ci(t)[:2], 3),
-                          "whole command (min)": fmt_ci(*mean_ci(w)[:2], 3) if w else "n/a",
+            w = [max(r["wall_time"], r["time"]) / 60 for r in done if r["wall_time"]]
+            timed.append({"run": f"{ARMS[arm]}, {env_id}", "algo.compile": str(compiled).lower(), "runs": len(done),
+                          "training time (min)": fmt_ci(*mean_ci(t)[:2], 3), "whole command (min)": fmt_ci(*mean_ci(w)[:2], 3) if w else "n/a",
                           "env steps/s": f"{ITERATIONS * 2048 / (np.mean(t) * 60):.0f}"})
     if timed:
-        lines.append("\nThe whole 1M-step runs (one thread each, each beside other jobs on the 2 cores, so slower than alone):\n")
-        lines.append(md_table(timed, ["run", "runs", "training time (min)", "whole command (min)", "env steps/s"]))
+        lines.append("\nThe whole 1M-step runs (one thread each, each beside other jobs on the 2 cores, so slower than alone; "
+                     "eager and compiled runs of an arm are the same algorithm, timed apart):\n")
+        lines.append(md_table(timed, ["run", "algo.compile", "runs", "training time (min)", "whole command (min)", "env steps/s"]))
     return "\n".join(lines)
 
 
 def cost_line(runs, peer_dir):
     """What the issue's full protocol would cost at the measured per-run training times."""
-    minutes = {}
+    minutes, all_minutes = {}, {}
     for (env_id, delay, arm), group in runs.items():
-        if delay > 1:
-            minutes.setdefault(arm, []).extend(r["time"] / 60 for r in group)
+        if delay > 1:  # an arm's compiled runs when it has any: what the presets run now
+            all_minutes.setdefault(arm, []).extend(r["time"] / 60 for r in group)
+            minutes.setdefault(arm, []).extend(r["time"] / 60 for r in group if r["compiled"])
+    minutes = {arm: minutes[arm] or all_minutes[arm] for arm in minutes}
     peer = [json.loads(f.read_text()) for f in Path(peer_dir).glob("*.json")] if peer_dir and Path(peer_dir).is_dir() else []
     for impl in ("metarun", "sb3"):
         minutes[f"peer_{impl}"] = [r["train_time"] / 60 for r in peer if r["impl"] == impl]
@@ -288,11 +310,12 @@ def cost_line(runs, peer_dir):
     per_env = sum(5 * np.mean(minutes[arm]) for arm in ARMS)
     peer_minutes = 5 * sum(np.mean(minutes[k]) if minutes[k] else np.mean(minutes["ppo"]) for k in ("peer_metarun", "peer_sb3"))
     total = 2 * per_env + peer_minutes
-    done = sum(sum(v) for k, v in minutes.items() if k != "lirpg" or not proxy)
+    done = sum(sum(v) for v in all_minutes.values())
     guessed = [k for k in ("peer_metarun", "peer_sb3") if not minutes[k]]
     if guessed:
         proxy += "; the peer runs not yet measured costed at metarun PPO's time"
-    return (f"At the measured mean training times per run (one thread, shared machine), the issue's full protocol "
+    return (f"At the measured mean training times per run (one thread, shared machine; an arm's compiled runs where it "
+            f"has any), the issue's full protocol "
             f"(4 arms x 5 seeds x 2 environments, and 5 seeds each of metarun's and SB3's PPO for the peer check) "
             f"would take about {total / 60:.0f} core-hours ({per_env / 60:.1f} per environment{proxy}); the finished "
             f"runs on this page took {done / 60:.1f} core-hours.")

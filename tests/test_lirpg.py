@@ -61,8 +61,9 @@ def test_lookahead_meta_gradient_equals_finite_differences(detach_second_moment)
     data = float64_batch(algo)
     prime_optimizer(algo, data)
     mb = torch.tensor([0, 3, 4, 6, 9, 12, 15])
-    loss, rule, _ = algo.meta_objective(data, mb)
-    assert torch.linalg.vector_norm(rule.grads["theta"]).item() == pytest.approx(0.05, rel=1e-6)  # the clip is active
+    state = algo.adam_state()
+    loss, inner_grad, _ = algo.meta_objective(data, mb, state)
+    assert torch.linalg.vector_norm(inner_grad).item() == pytest.approx(0.05, rel=1e-6)  # the clip is active
     params = dict(algo.intrinsic.named_parameters())
     grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
     assert grads["reward_net.0.weight"].abs().max() > 1e-6  # the meta-gradient reaches r_in
@@ -73,9 +74,9 @@ def test_lookahead_meta_gradient_equals_finite_differences(detach_second_moment)
             with torch.no_grad():
                 old = p.view(-1)[i].item()
                 p.view(-1)[i] = old + 1e-6
-                up = algo.meta_objective(data, mb)[0].item()
+                up = algo.meta_objective(data, mb, state)[0].item()
                 p.view(-1)[i] = old - 1e-6
-                down = algo.meta_objective(data, mb)[0].item()
+                down = algo.meta_objective(data, mb, state)[0].item()
                 p.view(-1)[i] = old
             assert grads[name].view(-1)[i].item() == pytest.approx((up - down) / 2e-6, rel=1e-5, abs=1e-9), (name, i)
             checked += 1
@@ -88,11 +89,11 @@ def test_the_real_policy_step_equals_the_lookahead():
     data = float64_batch(algo)
     prime_optimizer(algo, data)
     mb = torch.arange(8)
-    _, rule, _ = algo.meta_objective(data, mb)
+    _, inner_grad, _ = algo.meta_objective(data, mb, algo.adam_state())
     theta = torch.cat([p.detach().reshape(-1) for p in algo.model.parameters()])
     state = algo.adam_state()["theta"]
-    m = 0.9 * state["exp_avg"] + 0.1 * rule.grads["theta"].detach()
-    v = 0.999 * state["exp_avg_sq"] + 0.001 * rule.grads["theta"].detach() ** 2
+    m = 0.9 * state["exp_avg"] + 0.1 * inner_grad.detach()
+    v = 0.999 * state["exp_avg_sq"] + 0.001 * inner_grad.detach() ** 2
     t = state["step"].item() + 1
     expected = theta - 3e-4 / (1 - 0.9 ** t) * m / (v.sqrt() / (1 - 0.999 ** t) ** 0.5 + 1e-5)
     algo.update(data, mb)
@@ -289,22 +290,60 @@ def test_ppo_and_lirpg_refuse_other_task_families_and_models():
         build(make_cfg("algo=maml", "task=mujoco_delayed"))
 
 
-def test_autograd_and_torch_func_inner_gradients_give_the_same_meta_gradient(monkeypatch):
-    # LIRPG takes the lookahead's inner gradient with adapt(functional=False); torch.func.grad
-    # (functional=True, what vmapped callers use) must give the same eta gradient.
-    import metarun.algos.lirpg as lirpg
-    from metarun.inner_loop import adapt
-
+def test_autograd_and_torch_func_inner_gradients_give_the_same_meta_gradient():
+    # LIRPG's eager lookahead takes the inner gradient with torch.autograd.grad; torch.func.grad
+    # (functional=True, what algo.compile traces) must give the same eta gradient.
     algo = tiny_lirpg("algo.r_ex_coef=0.5")
     data = float64_batch(algo)
     prime_optimizer(algo, data)
     mb = torch.arange(3, 12)
     eta = list(algo.intrinsic.parameters())
-    by_autograd = torch.autograd.grad(algo.meta_objective(data, mb)[0], eta)
-    monkeypatch.setattr(lirpg, "adapt", lambda *a, **k: adapt(*a, **{**k, "functional": True}))
-    by_func = torch.autograd.grad(algo.meta_objective(data, mb)[0], eta)
+    by_autograd = torch.autograd.grad(algo.meta_objective(data, mb, algo.adam_state())[0], eta)
+    by_func = torch.autograd.grad(algo.meta_objective(data, mb, algo.adam_state(), functional=True)[0], eta)
     for a, b in zip(by_autograd, by_func):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-14)
+
+
+def test_first_lookahead_starts_from_the_state_torch_adam_starts_from():
+    # Before the policy's first step adam_state() is zeros at step 0: the lookahead from it must
+    # land where torch.optim.Adam's first real step lands.
+    algo = tiny_lirpg()
+    data = float64_batch(algo)
+    assert not algo.optimizer.state
+    mb = torch.arange(8)
+    _, inner_grad, _ = algo.meta_objective(data, mb, algo.adam_state())
+    theta = torch.cat([p.detach().reshape(-1) for p in algo.model.parameters()])
+    expected = theta - 3e-4 * inner_grad.detach() / (inner_grad.detach().abs() + 1e-5)  # Adam's first step
+    algo.update(data, mb)
+    after = torch.cat([p.detach().reshape(-1) for p in algo.model.parameters()])
+    assert torch.allclose(after, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow  # compilations: ~1-2 min on 2 cores
+@pytest.mark.parametrize("algo", ["lirpg", "ppo"])
+def test_compiled_updates_train_like_the_eager_ones_and_resume(tmp_path, monkeypatch, algo):
+    # algo.compile=true (torch.compile of PPO's minibatch loss, of LIRPG's whole meta objective) gives
+    # the eager run's figures to float tolerance (compiled kernels may reorder sums), and a compiled
+    # LIRPG run resumes exactly.
+    from test_resume import check_resume_equals_uninterrupted
+
+    from metarun.algos.lirpg import LIRPG
+
+    extra = ["algo.intrinsic_hidden=[8]"] if algo == "lirpg" else []
+    overrides = [f"algo={algo}", *RESUME, *extra, "iterations=5"]
+    eager = run(make_cfg(*overrides), tmp_path / "eager")
+    if algo == "lirpg":
+        compiled, _ = check_resume_equals_uninterrupted(tmp_path / "c", monkeypatch, LIRPG, [*overrides, "algo.compile=true"], 5)
+        compiled_dir = tmp_path / "c" / "full"
+    else:
+        compiled, compiled_dir = run(make_cfg(*overrides, "algo.compile=true"), tmp_path / "compiled"), tmp_path / "compiled"
+    rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (tmp_path / "eager", compiled_dir)]
+    assert [r["iteration"] for r in rows[0]] == [r["iteration"] for r in rows[1]] == [0, 1, 2, 3, 4, 5]
+    keys = ["train/outer_pg_loss", "train/v_ex_loss", "train/approx_kl_new", "train/r_in"] if algo == "lirpg" else ["train/pg_loss", "train/vf_loss", "train/approx_kl"]
+    for a, b in zip(rows[0][1:], rows[1][1:]):
+        for k in keys:
+            assert b[k] == pytest.approx(a[k], rel=1e-3, abs=1e-6), k
+    assert compiled["test/return"] == pytest.approx(eager["test/return"], rel=1e-3)
 
 
 @pytest.mark.slow

@@ -1,0 +1,72 @@
+"""scripts/lirpg_results.py on synthetic run dirs: arms from configs, verdicts from the CI of the
+difference, stopped runs listed with their resume command, eager and compiled runs timed apart, and
+the speed target judged on the benchmark's compiled ratio."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ALGOS = {"ppo": {"_target_": "metarun.algos.ppo.PPO"},
+         "lirpg": {"_target_": "metarun.algos.lirpg.LIRPG", "r_ex_coef": 0.0, "r_in_coef": 1.0, "meta_step": True},
+         "lirpg_frozen": {"_target_": "metarun.algos.lirpg.LIRPG", "r_ex_coef": 0.0, "r_in_coef": 1.0, "meta_step": False}}
+
+
+def fake_run(root, arm, seed, final, compiled=False, iterations=3, stopped_at=None):
+    run = root / f"{arm}_{'c' if compiled else 'e'}" / str(seed)
+    run.mkdir(parents=True)
+    algo = {**ALGOS[arm], "nsteps": 2048, "compile": compiled}
+    cfg = {"seed": seed, "iterations": iterations, "checkpoint_every": 1,
+           "task": {"_target_": "metarun.tasks.mujoco_delayed.MujocoDelayed", "env_id": "Hopper-v5", "reward_delay": 20}, "algo": algo}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    done = iterations if stopped_at is None else stopped_at
+    rows = [{"iteration": i, "train/env_steps": 2048 * i, "train/episodes": 10 * i, "train/return": final * i / iterations}
+            for i in range(1, done + 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = {"status": "running", "iteration": done} if stopped_at is not None else \
+        {"status": "completed", "time": 60.0 * (2 if arm != "ppo" else 1) / (2 if compiled else 1), "wall_time": 70.0,
+         "threads": 1, "test/return": final}
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def render(tmp_path, bench):
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    out = tmp_path / "docs" / "lirpg.md"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "lirpg_results.py"), "--runs", str(tmp_path / "runs"),
+                             "--peer", str(tmp_path / "no_peer"), "--bench", str(tmp_path / "bench.json"), "--out", str(out),
+                             "--iterations", "3"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out.read_text()
+
+
+def bench(ratio_eager, ratio_compiled):
+    seconds = {name: {"rollout": 1.0, "update": 1.0, "iteration": 2.0} for name in ("ppo", "lirpg", "ppo_compiled", "lirpg_compiled")}
+    return {"env_id": "Hopper-v5", "nsteps": 2048, "threads": 1, "iterations": 6, "seconds_per_iteration": seconds,
+            "ratio_iteration": ratio_eager, "ratio_update_phase": 4.0, "ratio_iteration_compiled": ratio_compiled,
+            "ratio_update_phase_compiled": 3.0, "ratio_compiled_lirpg_to_eager_ppo": 1.6,
+            "steps_per_second": {k: 1000.0 for k in seconds}, "warmup_seconds": {k: 20.0 for k in seconds},
+            "lirpg_minibatch_ms": {"lookahead": 3.6}, "ppo_minibatch_ms": 2.8, "lirpg_compiled_minibatch_ms": {"objective": 3.0},
+            "ppo_compiled_minibatch_ms": 2.0, "hot_ops": [{"op": "aten::mm", "share": 0.1, "calls_per_minibatch": 35}],
+            "started": "s", "finished": "f", "note": "alone"}
+
+
+def test_report_judges_arms_lists_stopped_runs_and_times_eager_and_compiled_apart(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (ppo, lirpg, frozen) in enumerate([(1000, 2000, 1900), (1010, 2010, 2050), (990, 1990, 1950)]):
+        fake_run(runs, "ppo", seed, ppo)
+        fake_run(runs, "lirpg", seed, lirpg, compiled=seed == 2)
+        fake_run(runs, "lirpg_frozen", seed, frozen)
+    fake_run(runs, "ppo", 3, 500, stopped_at=2)
+    doc = render(tmp_path, bench(2.7, 1.8))
+    verdicts = doc[doc.index("| env | claim |"):]
+    assert "LIRPG (r_in only) beats PPO" in verdicts and "**reproduced** (n=3, 3)" in verdicts.split("\n")[2]
+    assert "**not resolved** (n=3, 3)" in verdicts  # learned vs frozen: +30 +- a CI that covers 0
+    assert "| Hopper-v5 | PPO (delayed reward) | 3 |" in doc and "stopped after 4,096 env steps (2 of 3 updates)" in doc
+    assert f"`metarun resume=true run_dir={runs / 'ppo_e' / '3'}`" in doc
+    timing = [line for line in doc.splitlines() if line.startswith("| PPO + LIRPG, r_in only, Hopper-v5 |")]
+    assert len(timing) == 2 and "| false | 2 | 2 ± 0 |" in timing[0] and "| true | 1 | 1 |" in timing[1]
+    assert "both with `algo.compile=true` (what the 1M-step presets run): **1.80x** (target <= 2x: **met**)" in doc
+    missed = render(tmp_path, bench(1.5, 2.3))
+    assert "**2.30x** (target <= 2x: **missed**)" in missed
