@@ -20,8 +20,16 @@ jobs=(
   "omniglot|+experiment=omniglot_shared_5w1s task.root=$DATA iterations=20 eval_every=20 eval_tasks=50"
   "navigation|+experiment=maml_rl_navigation iterations=3 eval_every=3 eval_tasks=8"
 )
+# LIRPG with its compiled meta objective (the scale=full path) on the GPU: needs MuJoCo (pip install -e ".[rl]").
+if python -c "import mujoco" 2>/dev/null; then
+  jobs+=("lirpg|+experiment=lirpg_hopper_delayed scale=quick algo.compile=true iterations=4 eval_every=4 eval_tasks=3")
+else
+  echo "gpu_smoke: MuJoCo not installed, the compiled LIRPG job is skipped (pip install -e \".[rl]\")"
+fi
+names=()
 for job in "${jobs[@]}"; do
   name=${job%%|*}; args=${job#*|}
+  names+=("$name")
   for device in cuda cpu; do
     echo "== $name on $device"
     # shellcheck disable=SC2086
@@ -36,12 +44,12 @@ echo "== device-clean tests and the step benchmark on the GPU"
 python -m pytest -q tests/test_device.py
 python scripts/bench_step.py --device cuda --repeats 5
 
-python - "$OUT" <<'PY'
+python - "$OUT" "${names[@]}" <<'PY'
 import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 print(f"\n{'job':<12}{'cuda s/it':>12}{'cpu s/it':>12}{'cpu/cuda':>10}   test figure cuda | cpu")
-for name in ("default", "omniglot", "navigation"):
+for name in sys.argv[2:]:
     s = {d: json.loads((out / f"{name}-{d}" / "summary.json").read_text()) for d in ("cuda", "cpu")}
     per_it = {d: s[d]["time"] / max(1, s[d]["iteration"]) for d in s}
     key = next(k for k in ("test/accuracy", "test/return", "test/loss") if k in s["cpu"])
