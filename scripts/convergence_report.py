@@ -10,14 +10,17 @@ sweep's wall-clock, threads, concurrent jobs and load average go to `<sweep>/tim
 `metarun-report` runs on the sweep, once on the training loss and once on the running mean of the
 squared meta-gradient norm (`--metric train/grad_sq_mean`). The document's prose lives in
 docs/src/convergence.md; this script supplies only computed blocks (tables, verdicts, figure
-links, measured numbers) through scripts/docgen.py. Verdicts come from the 95% CI of the
-difference between two settings over seeds (metarun/stats.py): "not resolved" when it covers 0.
+links, measured numbers) through scripts/docgen.py. Verdicts come from the 95% interval of the
+shift between two settings' times to a target over seeds (Hodges-Lehmann with the exact
+Mann-Whitney interval, metarun/stats.py), counting runs that never reach it as censored: "not
+resolved" when it covers 0.
 """
 import argparse
 import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -105,29 +108,57 @@ def first_reach(curve, target, axis):
 
     "Stays" rather than "first touches": a curve that starts below the level and rises (a running
     mean of squared gradient norms often does) has not converged to it at its first point.
+    +inf when the curve ends above the target: the run is censored at its end.
     """
     above = (curve["value"] > target).to_numpy()
     if above[-1]:
-        return math.nan
+        return math.inf
     last_above = max((i for i, a in enumerate(above) if a), default=-1)
     return float(curve[axis].iloc[last_above + 1])
+
+
+def target_level(*settings):
+    """The highest of the settings' median final levels (each a list of curves).
+
+    More than half the runs of every setting end at or below it, so each setting's median time to it
+    is finite; the runs that end above it are censored. For an even number of runs the upper of the
+    two middle levels is the median used, so that "more than half" holds there too.
+    """
+    return max(statistics.median_high(c["value"].iloc[-1] for c in curves) for curves in settings)
 
 
 def compare_to_target(curves_a, curves_b, claimed):
     """Claim: setting A reaches a common target with `claimed` ("less"/"greater") x than B, on every axis.
 
-    The target is the worst final level among all runs of both settings, so every run ends at or
-    below it and no seed is censored. Each run gives one x per axis; the verdict is on the 95% Welch CI of
-    mean(x_A) - mean(x_B) (metarun.stats.compare): "not resolved" whenever it covers 0.
+    The target is `target_level(A, B)`; a run that does not end at or below it is censored (x = +inf on
+    every axis). Each run gives one x per axis; the verdict is on the 95% interval of the Hodges-Lehmann
+    shift of x_A against x_B (metarun.stats.compare_shift): "not resolved" whenever it covers 0, and
+    always when there are too few runs for a 95% interval. "a" and "b" are the settings' median x;
+    "assumed" counts the pairs whose order only the +inf convention decides (`assumed_order_pairs`).
     """
-    target = max(c["value"].iloc[-1] for c in curves_a + curves_b)
-    out = {"target": target, "n": (len(curves_a), len(curves_b))}
+    target = target_level(curves_a, curves_b)
+    out = {"target": target, "n": (len(curves_a), len(curves_b)),
+           "censored": tuple(int(sum(c["value"].iloc[-1] > target for c in cs)) for cs in (curves_a, curves_b))}
     for axis in AXES:
         xa = [first_reach(c, target, axis) for c in curves_a]
         xb = [first_reach(c, target, axis) for c in curves_b]
-        verdict, diff, half = stats.compare(xa, xb, claimed)
-        out[axis] = {"verdict": verdict, "diff": diff, "half": half, "a": stats.mean_ci(xa)[0], "b": stats.mean_ci(xb)[0]}
+        verdict, estimate, low, high = stats.compare_shift(xa, xb, claimed)
+        out[axis] = {"verdict": verdict, "estimate": estimate, "low": low, "high": high,
+                     "a": statistics.median(xa), "b": statistics.median(xb),
+                     "assumed": assumed_order_pairs(curves_a, curves_b, target, axis)}
     return out
+
+
+def assumed_order_pairs(curves_a, curves_b, target, axis):
+    """Pairs (a run of each setting) in which one run is censored where it stopped on `axis` and the
+    other reached the target only after that point: +inf counts the censored run as the slower one,
+    which the data do not show. None when the runs stop at the same point, as the +inf rule assumes;
+    some when settings run different numbers of iterations (the linear-regression presets do)."""
+    def count(censored_side, other_side):
+        stops = [c[axis].iloc[-1] for c in censored_side if c["value"].iloc[-1] > target]
+        reached = [first_reach(c, target, axis) for c in other_side]
+        return sum(stop < x < math.inf for stop in stops for x in reached)
+    return int(count(curves_a, curves_b) + count(curves_b, curves_a))
 
 
 def plateau(iterations, values, band=PLATEAU_BAND):
@@ -158,13 +189,23 @@ def curves_of(runs, measure):
 
 
 def cell(result, axis):
-    r = result[axis]
-    return f"**{r['verdict']}**: {fmt(r['diff'])} ± {fmt(r['half'], 2)}" if math.isfinite(r["half"]) else f"**{r['verdict']}**"
+    """'**verdict**: estimate [low, high]', or why there is no interval."""
+    r, (n_a, n_b) = result[axis], result["n"]
+    if stats.mann_whitney_critical(n_a, n_b) == 0:
+        return f"**{r['verdict']}**: {fmt(r['estimate'])}, no 95% interval from {n_a}+{n_b} runs"
+    text = f"**{r['verdict']}**: {fmt(r['estimate'])} [{fmt(r['low'])}, {fmt(r['high'])}]"
+    return text + (f"; order of {r['assumed']}/{n_a * n_b} pairs assumed" if r["assumed"] else "")
+
+
+def seeds_cell(result):
+    return f"{result['n'][0]}+{result['n'][1]} ({result['censored'][0]}+{result['censored'][1]} censored)"
 
 
 def fmt(v, digits=3):
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf" if v > 0 else "-inf"
     if isinstance(v, float):
         return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:.{digits}e}" if abs(v) >= 1e6 else f"{v:.0f}"
     return str(v)
@@ -192,7 +233,7 @@ def claim_rows(runs_by_preset):
                 result = compare_to_target(a, b, claimed)
                 rows.append({"claim": claim, "data set": DATA[preset], "comparison": f"N={large} - N={small}",
                              "target": f"{MEASURE_TEXT[measure]} <= {fmt(result['target'])}",
-                             **{AXES[x]: cell(result, x) for x in AXES}, "seeds": f"{result['n'][0]}+{result['n'][1]}"})
+                             **{AXES[x]: cell(result, x) for x in AXES}, "seeds": seeds_cell(result)})
     for preset in ("anil_vs_maml", "omniglot_anil_vs_maml"):
         runs = runs_by_preset.get(preset)
         if not runs:
@@ -206,7 +247,7 @@ def claim_rows(runs_by_preset):
                 result = compare_to_target(a, b, "less")
                 rows.append({"claim": "3. ANIL cheaper than MAML", "data set": DATA[preset], "comparison": f"ANIL - MAML, N={n}",
                              "target": f"{MEASURE_TEXT[measure]} <= {fmt(result['target'])}",
-                             **{AXES[x]: cell(result, x) for x in AXES}, "seeds": f"{result['n'][0]}+{result['n'][1]}"})
+                             **{AXES[x]: cell(result, x) for x in AXES}, "seeds": seeds_cell(result)})
     return rows
 
 
@@ -322,21 +363,25 @@ def timing_row(preset, runs, sweep_dir, scale="quick"):
 
 
 def stationarity_table(groups):
-    """Per setting: iterations, seconds and oracle cost from which each run's running mean of the squared
-    meta-gradient norm stays at or below a level every run ends at (mean over seeds with a 95% CI)."""
+    """Per setting: how many runs' running mean of the squared meta-gradient norm ends at or below a
+    common target (`target_level` over all settings), and the median iterations, seconds and oracle
+    cost from which it stays there (a run that never does counts as +inf, censored)."""
     curves = {label: curves_of(group, "grad_sq_mean") for label, group in groups.items()}
     curves = {label: c for label, c in curves.items() if c}
     if not curves:
         return ""
-    target = max(c["value"].iloc[-1] for cs in curves.values() for c in cs)
+    target = target_level(*curves.values())
     rows = []
     for label, cs in curves.items():
-        row = {"setting": label, "runs": len(cs), "final mean ‖g‖²": stats.fmt_ci(*stats.mean_ci([c["value"].iloc[-1] for c in cs])[:2])}
+        row = {"setting": label, "runs": len(cs), "median final mean ‖g‖²": fmt(statistics.median_high(c["value"].iloc[-1] for c in cs)),
+               "reached": int(sum(c["value"].iloc[-1] <= target for c in cs))}
         for axis, name in AXES.items():
-            row[f"{name} to target"] = stats.fmt_ci(*stats.mean_ci([first_reach(c, target, axis) for c in cs])[:2])
+            row[f"median {name} to target"] = fmt(statistics.median(first_reach(c, target, axis) for c in cs))
         rows.append(row)
     return (f"\n\nStationarity: from where each run's running mean of the squared meta-gradient norm stays at or below "
-            f"{fmt(target)} (the worst final level of all runs here), mean over seeds ± 95% CI.\n\n" + md_table(rows, list(rows[0])))
+            f"{fmt(target)} (the highest of the settings' median final levels; for an even number of runs, the upper "
+            f"middle one), median over seeds. \"reached\": the runs that end at or below it; the others are censored "
+            f"and count as inf.\n\n" + md_table(rows, list(rows[0])))
 
 
 def section(preset, work, figures):
@@ -349,7 +394,7 @@ def section(preset, work, figures):
                 f"`{data}metarun -m +experiment={preset}`.", None, [])
     runs = load_runs(sweep_dir)
     groups = settings_of(runs, sweep_dir)
-    notes = (report_dir / "summary.md").read_text().split("\n\n|")[0].replace(str(REPO) + "/", "")
+    notes = repo_relative((report_dir / "summary.md").read_text().split("\n\n|")[0], work)
     table = pd.read_csv(report_dir / "summary.csv")
     cols = [c for c in ["setting", "runs", "iterations", "final_test_loss", "final_test_accuracy", "ci95", "final_dist_to_opt",
                         "sec_per_iter", "oracle_calls_per_iter", "oracle_cost_per_iter"] if c in table]
@@ -371,6 +416,15 @@ def section(preset, work, figures):
             + md_table(prow, ["setting", "iterations run", "plateau from iteration", "at seconds"]) + "\n\n"
             + "\n\n".join(f"![{name}](convergence/{name})" for name in images))
     return text, runs, prow
+
+
+def repo_relative(text, work):
+    """`text` with paths relative to the checkout: this one's, or the one whose outputs/ holds the work
+    dir (a worktree's doc may be built from the sweeps of the main checkout)."""
+    roots = [REPO, work.parent.parent] if work.parent.name == "outputs" else [REPO]
+    for root in roots:
+        text = text.replace(f"{root}/", "")
+    return text
 
 
 def fmt_cell(v):

@@ -27,14 +27,14 @@ def reaching_at(k, n=10, seconds_per_iter=0.1):
 
 
 def test_overlapping_runs_give_not_resolved_even_when_the_means_are_ordered():
-    # Setting A reaches the target 0.4 points earlier on average, but the seeds scatter over each other:
+    # Setting A reaches the target 0.8 points earlier on average, but the seeds scatter over each other:
     # the old logic (compare the means, check the order) called this "reproduced".
     a = [reaching_at(k) for k in (2, 6, 3, 7, 4)]
     b = [reaching_at(k) for k in (3, 7, 4, 8, 4)]
     result = cr.compare_to_target(a, b, "less")
-    assert result["iteration"]["a"] < result["iteration"]["b"]  # ordered as claimed ...
-    assert result["iteration"]["verdict"] == "not resolved"      # ... but the CI of the difference covers 0
-    assert abs(result["iteration"]["diff"]) < result["iteration"]["half"]
+    assert result["iteration"]["estimate"] < 0                   # the shift is ordered as claimed ...
+    assert result["iteration"]["verdict"] == "not resolved"      # ... but the interval of the shift covers 0
+    assert result["iteration"]["low"] < 0 < result["iteration"]["high"]
 
 
 def test_separated_runs_give_reproduced_and_the_other_way_contradicted():
@@ -48,11 +48,51 @@ def test_separated_runs_give_reproduced_and_the_other_way_contradicted():
     assert result["iteration"]["verdict"] == "reproduced" and result["time"]["verdict"] == "contradicted"
 
 
-def test_target_is_reached_by_every_run_and_is_the_worst_final_level():
-    runs = [curve([3, 2, 1, 0.5]), curve([3, 2.5, 2, 1.5]), curve([3, 1, 0.2, 0.1])]
-    result = cr.compare_to_target(runs[:2], runs[2:], "less")
-    assert result["target"] == 1.5
-    assert all(math.isfinite(result[axis]["a"]) and math.isfinite(result[axis]["b"]) for axis in cr.AXES)
+def test_target_is_the_highest_median_final_level_and_runs_above_it_are_censored():
+    a = [curve([3, 2, 1, 0.5]), curve([3, 2.5, 2, 1.5]), curve([3, 2, 1.2, 1.0])]   # median final 1.0
+    b = [curve([3, 1, 0.2, 0.1]), curve([3, 1, 0.3, 0.2]), curve([3, 9, 40, 90])]  # median final 0.2
+    result = cr.compare_to_target(a, b, "less")
+    assert result["target"] == 1.0
+    assert result["censored"] == (1, 1)                   # 1.5 and 90 end above 1.0
+    assert result["iteration"]["a"] == 40 and result["iteration"]["b"] == 20   # medians of (30, 40, inf), (20, 20, inf)
+    # Even numbers of runs: the upper middle level, so more than half (3 of 4) still reach.
+    assert cr.target_level([curve([v]) for v in (0.1, 0.2, 0.4, 0.8)]) == 0.4
+
+
+def test_one_diverging_run_no_longer_hides_a_clear_difference():
+    # A reaches in 2-3 logged points, B in 7-8; one B run diverges and ends at 1e12.
+    a = [reaching_at(k) for k in (1, 2, 1, 2, 1)]
+    b = [reaching_at(k) for k in (6, 7, 6, 7)] + [curve([1.0] + [10.0 ** (12 * i / 9) for i in range(1, 10)])]
+    # The old target, the worst final level, is a level every other run is below from its first
+    # point: all of them "reach" it at iteration 10 and the row came out not resolved by construction.
+    worst = max(c["value"].iloc[-1] for c in a + b)
+    assert worst == 1e12 and {cr.first_reach(c, worst, "iteration") for c in a + b[:4]} == {10.0}
+    result = cr.compare_to_target(a, b, "less")
+    assert result["target"] == 0.1 and result["censored"] == (0, 1)
+    assert math.isinf(cr.first_reach(b[4], result["target"], "iteration"))
+    for axis in cr.AXES:
+        assert result[axis]["verdict"] == "reproduced"
+        assert result[axis]["low"] == -math.inf < result[axis]["estimate"] <= result[axis]["high"] < 0
+    # 25 differences: 5 x -inf (against the diverged run), 6 x -60, 10 x -50, 4 x -40.
+    assert (result["iteration"]["estimate"], result["iteration"]["high"]) == (-50, -40)
+    assert cr.seeds_cell(result) == "5+5 (0+1 censored)"
+
+
+def test_cells_show_the_interval_or_why_there_is_none_and_the_pairs_censoring_decides():
+    fast = [reaching_at(k) for k in (1, 2, 1, 2, 1)]
+    slow = [reaching_at(k) for k in (6, 7, 6, 7, 6)]
+    assert cr.cell(cr.compare_to_target(fast, slow, "less"), "iteration") == "**reproduced**: -50 [-60, -40]"
+    few = cr.compare_to_target(fast[:3], slow[:3], "less")
+    assert cr.cell(few, "iteration") == "**not resolved**: -50, no 95% interval from 3+3 runs"
+    # A run that stops at iteration 30 above the target, against 4 runs that reach it at 40-50: the
+    # +inf rule orders these 4 pairs, the data do not, and the cell says so. Its pair with the other
+    # setting's censored run (a tie) and the pairs with runs that reached before 30 are not counted.
+    stopped_early = [reaching_at(k, n=6) for k in (1, 2, 1, 2)] + [curve([1.0, 1.0, 1.0])]
+    reaching_later = [reaching_at(k) for k in (3, 4, 3, 4)] + [curve([1.0] * 10)]
+    result = cr.compare_to_target(stopped_early, reaching_later, "less")
+    assert result["censored"] == (1, 1) and result["iteration"]["assumed"] == 4
+    assert cr.cell(result, "iteration").endswith("; order of 4/25 pairs assumed")
+    assert cr.compare_to_target(fast, slow, "less")["iteration"]["assumed"] == 0
 
 
 def test_reaching_means_staying_at_or_below_the_target():
@@ -60,7 +100,7 @@ def test_reaching_means_staying_at_or_below_the_target():
     c = curve([0.5, 2.0, 3.0, 1.5, 0.9, 0.8])
     assert cr.first_reach(c, 1.0, "iteration") == 50
     assert cr.first_reach(c, 1.0, "oracle_cost") == 5000
-    assert math.isnan(cr.first_reach(curve([0.5, 2.0]), 1.0, "iteration"))  # ends above: never reached
+    assert cr.first_reach(curve([0.5, 2.0]), 1.0, "iteration") == math.inf  # ends above: censored
 
 
 def test_plateau_is_where_the_curve_stays_within_ten_percent_of_its_total_change():
@@ -84,15 +124,35 @@ def fake_runs(values_by_n):
 def test_claim_rows_compare_the_largest_n_with_the_smallest_on_every_axis():
     falling = [1.0, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
     slow = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.15, 0.1, 0.1]
-    runs = fake_runs({1: [slow] * 3, 5: [slow] * 3, 20: [falling] * 3})
+    runs = fake_runs({1: [slow] * 5, 5: [slow] * 5, 20: [falling] * 5})
     rows = cr.claim_rows({"anil_strongly_convex": runs})
     loss = next(r for r in rows if r["target"].startswith("training loss"))
     assert loss["comparison"] == "N=20 - N=1" and loss["data set"] == "linear regression"
     assert loss["iterations"].startswith("**reproduced**")       # fewer iterations at N = 20, identical seeds
     # Rolling mean of 5: N = 20 reaches the target (0.47) at its 3rd point, 60000 oracle cost (20x per
-    # iteration); N = 1 at its 10th, 10000. Identical seeds: an exact difference of 50000.
-    assert loss["oracle cost"] == "**contradicted**: 50000 ± 0"
+    # iteration); N = 1 at its 10th, 10000. Identical seeds: every pairwise difference is 50000.
+    assert loss["oracle cost"] == "**contradicted**: 50000 [50000, 50000]"
+    assert loss["seeds"] == "5+5 (0+0 censored)"
     assert {r["target"].split(" <=")[0] for r in rows} == {"training loss", "mean ‖meta-gradient‖²"}
+
+
+def test_stationarity_table_gives_medians_and_how_many_runs_reached():
+    falling = [1.0, 0.2, 0.1, 0.1, 0.1, 0.1]
+    late = [1.0, 1.0, 1.0, 1.0, 0.3, 0.3]
+    diverging = [1.0, 10.0, 1e3, 1e6, 1e9, 1e12]
+    runs = fake_runs({1: [falling] * 5, 20: [late] * 4 + [diverging]})
+    groups = {f"N={n}": cr.select(runs, **{"algo.inner_steps": n}) for n in (1, 20)}
+    text = cr.stationarity_table(groups)
+    assert "stays at or below 0.3 (the highest of the settings' median final levels" in text
+    # N = 20: 4 of 5 reach 0.3 at their 5th logged point (iteration 50, second 5, oracle cost 20 x 1000 x 5).
+    assert "| N=20 | 5 | 0.3 | 4 | 50 | 5 | 100000 |" in text
+    assert "| N=1 | 5 | 0.1 | 5 | 20 | 2 | 2000 |" in text
+
+
+def test_sweep_paths_are_shown_relative_to_the_checkout_that_holds_them():
+    work = Path("/elsewhere/main/outputs/convergence")
+    assert cr.repo_relative("Sweep: `/elsewhere/main/outputs/convergence/p`;", work) == "Sweep: `outputs/convergence/p`;"
+    assert cr.repo_relative(f"Sweep: `{cr.REPO}/outputs/convergence/p`", Path("/tmp/w")) == "Sweep: `outputs/convergence/p`"
 
 
 def test_template_oracle_table_lists_exactly_the_counts_the_code_logs():
