@@ -13,7 +13,8 @@ docs/src/convergence.md; this script supplies only computed blocks (tables, verd
 links, measured numbers) through scripts/docgen.py. Verdicts come from the 95% interval of the
 shift between two settings' times to a target over seeds (Hodges-Lehmann with the exact
 Mann-Whitney interval, metarun/stats.py), counting runs that never reach it as censored: "not
-resolved" when it covers 0.
+resolved" when it covers 0. Runs that diverged (metarun.train stopped them on a non-finite loss or
+gradient) count as censored too, not as absent; runs that failed otherwise are left out and listed.
 """
 import argparse
 import json
@@ -118,27 +119,49 @@ def first_reach(curve, target, axis):
 
 
 def target_level(*settings):
-    """The highest of the settings' median final levels (each a list of curves).
+    """The highest finite one of the settings' median final levels (each a list of curves), or None.
 
     More than half the runs of every setting end at or below it, so each setting's median time to it
     is finite; the runs that end above it are censored. For an even number of runs the upper of the
-    two middle levels is the median used, so that "more than half" holds there too.
+    two middle levels is the median used, so that "more than half" holds there too. A setting whose
+    median final level is +inf (more than half its runs diverged; with an even number of runs, half)
+    has no level that more than half its runs reach: it sets no target, and its runs are mostly
+    censored against the others' target. None when no setting has a finite median.
     """
-    return max(statistics.median_high(c["value"].iloc[-1] for c in curves) for curves in settings)
+    medians = [statistics.median_high(final(c) for c in curves) for curves in settings]
+    finite = [m for m in medians if math.isfinite(m)]
+    return max(finite) if finite else None
+
+
+def final(curve):
+    """A curve's final level: +inf for a run that diverged (see `curves_of`)."""
+    return curve["value"].iloc[-1]
+
+
+def has_diverged(curve):
+    # Completed runs log only finite values (metarun.train stops a run at its first non-finite
+    # metric), so a final level of +inf marks a diverged run's curve.
+    return math.isinf(final(curve))
 
 
 def compare_to_target(curves_a, curves_b, claimed):
     """Claim: setting A reaches a common target with `claimed` ("less"/"greater") x than B, on every axis.
 
     The target is `target_level(A, B)`; a run that does not end at or below it is censored (x = +inf on
-    every axis). Each run gives one x per axis; the verdict is on the 95% interval of the Hodges-Lehmann
-    shift of x_A against x_B (metarun.stats.compare_shift): "not resolved" whenever it covers 0, and
-    always when there are too few runs for a 95% interval. "a" and "b" are the settings' median x;
-    "assumed" counts the pairs whose order only the +inf convention decides (`assumed_order_pairs`).
+    every axis), and so is a run that diverged. Each run gives one x per axis; the verdict is on the
+    95% interval of the Hodges-Lehmann shift of x_A against x_B (metarun.stats.compare_shift): "not
+    resolved" whenever it covers 0, and always when there are too few runs for a 95% interval. "a"
+    and "b" are the settings' median x; "assumed" counts the pairs whose order only the +inf
+    convention decides (`assumed_order_pairs`). When neither setting has a finite median final level
+    (most runs of both diverged) the target is None and there is no verdict: no axis entries.
     """
     target = target_level(curves_a, curves_b)
     out = {"target": target, "n": (len(curves_a), len(curves_b)),
-           "censored": tuple(int(sum(c["value"].iloc[-1] > target for c in cs)) for cs in (curves_a, curves_b))}
+           "diverged": tuple(int(sum(has_diverged(c) for c in cs)) for cs in (curves_a, curves_b))}
+    if target is None:
+        return out
+    # "censored" counts the runs that ran to the end and stopped above the target; diverged runs apart.
+    out["censored"] = tuple(int(sum(target < final(c) < math.inf for c in cs)) for cs in (curves_a, curves_b))
     for axis in AXES:
         xa = [first_reach(c, target, axis) for c in curves_a]
         xb = [first_reach(c, target, axis) for c in curves_b]
@@ -153,9 +176,11 @@ def assumed_order_pairs(curves_a, curves_b, target, axis):
     """Pairs (a run of each setting) in which one run is censored where it stopped on `axis` and the
     other reached the target only after that point: +inf counts the censored run as the slower one,
     which the data do not show. None when the runs stop at the same point, as the +inf rule assumes;
-    some when settings run different numbers of iterations (the linear-regression presets do)."""
+    some when settings run different numbers of iterations (the linear-regression presets do). A
+    diverged run stops at +inf on every axis (`curves_of`): it would never have reached the target,
+    so its order is not assumed."""
     def count(censored_side, other_side):
-        stops = [c[axis].iloc[-1] for c in censored_side if c["value"].iloc[-1] > target]
+        stops = [c[axis].iloc[-1] for c in censored_side if final(c) > target]
         reached = [first_reach(c, target, axis) for c in other_side]
         return sum(stop < x < math.inf for stop in stops for x in reached)
     return int(count(curves_a, curves_b) + count(curves_b, curves_a))
@@ -182,14 +207,47 @@ def select(runs, **overrides):
     return [r for r in runs if all(str(r["overrides"].get(k)) == str(v) for k, v in overrides.items())]
 
 
+def diverged(run):
+    """Whether metarun.train stopped the run because a training metric became non-finite (its
+    NonFiniteLoss message); other failures (an exception in the code, a missing file) are not this."""
+    error = run.get("error") or ""
+    return run["status"] == "failed" and error.startswith("training stopped at iteration") and "non-finite" in error
+
+
+# Where a diverged run's curve ends: it never stays at or below any level, on no axis, however low it
+# got before it blew up. At +inf on every axis it is censored (first_reach), its final level is +inf
+# (target_level) and no pair with it counts as an assumed order (assumed_order_pairs).
+DIVERGED_END = {"iteration": math.inf, "time": math.inf, "oracle_cost": math.inf, "value": math.inf}
+
+
 def curves_of(runs, measure):
+    """The curves of the completed and the diverged runs; other runs (failed for another reason,
+    interrupted, still running) are left out (`excluded`). Nothing when no run logs the measure
+    (dist_to_opt on Omniglot); where they do, a diverged run counts even if it blew up before its
+    first logged point."""
     column, smooth = MEASURES[measure]
-    curves = [run_curve(r, column, smooth) for r in runs if r["status"] == "completed"]
-    return [c for c in curves if c is not None and not c.empty]
+    if not any(column in r["metrics"] for r in runs):
+        return []
+    curves = []
+    for r in runs:
+        c = run_curve(r, column, smooth) if r["status"] == "completed" or diverged(r) else None
+        if diverged(r):
+            logged = [c] if c is not None and not c.empty else []
+            curves.append(pd.concat([*logged, pd.DataFrame([DIVERGED_END])], ignore_index=True))
+        elif c is not None and not c.empty:
+            curves.append(c)
+    return curves
+
+
+def excluded(runs):
+    """The runs the verdicts leave out: neither completed nor diverged."""
+    return [r for r in runs if r["status"] != "completed" and not diverged(r)]
 
 
 def cell(result, axis):
     """'**verdict**: estimate [low, high]', or why there is no interval."""
+    if result["target"] is None:
+        return "no verdict"
     r, (n_a, n_b) = result[axis], result["n"]
     if stats.mann_whitney_critical(n_a, n_b) == 0:
         return f"**{r['verdict']}**: {fmt(r['estimate'])}, no 95% interval from {n_a}+{n_b} runs"
@@ -197,8 +255,20 @@ def cell(result, axis):
     return text + (f"; order of {r['assumed']}/{n_a * n_b} pairs assumed" if r["assumed"] else "")
 
 
+def target_cell(result, measure):
+    if result["target"] is None:
+        return f"{MEASURE_TEXT[measure]}: no target, most runs of both settings diverged"
+    return f"{MEASURE_TEXT[measure]} <= {fmt(result['target'])}"
+
+
 def seeds_cell(result):
-    return f"{result['n'][0]}+{result['n'][1]} ({result['censored'][0]}+{result['censored'][1]} censored)"
+    """'5+5 (0+4 diverged, 0+1 censored)': diverged runs apart from the runs censored at their end
+    (the diverged part only when some run diverged)."""
+    (n_a, n_b), (d_a, d_b) = result["n"], result["diverged"]
+    parts = [f"{d_a}+{d_b} diverged"] if d_a or d_b else []
+    if "censored" in result:
+        parts.append(f"{result['censored'][0]}+{result['censored'][1]} censored")
+    return f"{n_a}+{n_b} ({', '.join(parts)})" if parts else f"{n_a}+{n_b}"
 
 
 def fmt(v, digits=3):
@@ -228,12 +298,8 @@ def claim_rows(runs_by_preset):
             for measure in ("loss", "grad_sq_mean", "dist_to_opt"):
                 a = curves_of(select(runs, **{"algo.inner_steps": large}), measure)
                 b = curves_of(select(runs, **{"algo.inner_steps": small}), measure)
-                if len(a) < 2 or len(b) < 2:
-                    continue
-                result = compare_to_target(a, b, claimed)
-                rows.append({"claim": claim, "data set": DATA[preset], "comparison": f"N={large} - N={small}",
-                             "target": f"{MEASURE_TEXT[measure]} <= {fmt(result['target'])}",
-                             **{AXES[x]: cell(result, x) for x in AXES}, "seeds": seeds_cell(result)})
+                if len(a) >= 2 and len(b) >= 2:
+                    rows.append(verdict_row(claim, preset, f"N={large} - N={small}", measure, compare_to_target(a, b, claimed)))
     for preset in ("anil_vs_maml", "omniglot_anil_vs_maml"):
         runs = runs_by_preset.get(preset)
         if not runs:
@@ -242,28 +308,34 @@ def claim_rows(runs_by_preset):
             for measure in ("loss", "dist_to_opt"):
                 a = curves_of(select(runs, method="anil", **{"algo.inner_steps": n}), measure)
                 b = curves_of(select(runs, method="maml", **{"algo.inner_steps": n}), measure)
-                if len(a) < 2 or len(b) < 2:
-                    continue
-                result = compare_to_target(a, b, "less")
-                rows.append({"claim": "3. ANIL cheaper than MAML", "data set": DATA[preset], "comparison": f"ANIL - MAML, N={n}",
-                             "target": f"{MEASURE_TEXT[measure]} <= {fmt(result['target'])}",
-                             **{AXES[x]: cell(result, x) for x in AXES}, "seeds": seeds_cell(result)})
+                if len(a) >= 2 and len(b) >= 2:
+                    rows.append(verdict_row("3. ANIL cheaper than MAML", preset, f"ANIL - MAML, N={n}", measure,
+                                            compare_to_target(a, b, "less")))
     return rows
 
 
+def verdict_row(claim, preset, comparison, measure, result):
+    return {"claim": claim, "data set": DATA[preset], "comparison": comparison, "target": target_cell(result, measure),
+            **{AXES[x]: cell(result, x) for x in AXES}, "seeds": seeds_cell(result)}
+
+
 def cost_ratio_rows(runs):
-    """ANIL against MAML per N: oracle calls and oracle cost per iteration (exact), seconds per iteration (mean ± CI)."""
+    """ANIL against MAML per N: oracle calls and oracle cost per iteration (exact), seconds per iteration (mean ± CI).
+
+    Diverged runs count here: what an iteration costs is measured as well before a run blows up as in
+    a run that completes (and without them a setting whose runs all diverged would have no row)."""
     rows = []
     for n in sorted({int(r["overrides"]["algo.inner_steps"]) for r in runs}):
         per = {}
         for method in ("anil", "maml"):
-            group = [r for r in select(runs, method=method, **{"algo.inner_steps": n}) if r["status"] == "completed"]
+            group = [r for r in select(runs, method=method, **{"algo.inner_steps": n})
+                     if (r["status"] == "completed" or diverged(r)) and last_logged(r) is not None]
             if not group:
                 break
-            last = group[0]["metrics"].iloc[-1]
+            last = last_logged(group[0])
             calls, params = mr.oracle_columns(last.index)
             per[method] = {"calls": sum(last[c] for c in calls) / last["iteration"], "cost": sum(last[c] for c in params) / last["iteration"],
-                           "sec": [r["summary"]["time"] / r["summary"]["iteration"] for r in group]}
+                           "sec": [seconds_per_iteration(r) for r in group]}
         if len(per) < 2:
             continue
         sec_a, sec_a_ci, _ = stats.mean_ci(per["anil"]["sec"])
@@ -273,6 +345,23 @@ def cost_ratio_rows(runs):
                      "cost ratio MAML/ANIL": fmt(per["maml"]["cost"] / per["anil"]["cost"]),
                      "s/iter ANIL": stats.fmt_ci(sec_a, sec_a_ci), "s/iter MAML": stats.fmt_ci(sec_m, sec_m_ci)})
     return rows
+
+
+def last_logged(run):
+    """The run's last logged training point (cumulative oracle counts and seconds), None before its first."""
+    m = run["metrics"]
+    if m.empty or "iteration" not in m:
+        return None
+    logged = m[m["iteration"] > 0]
+    return None if logged.empty else logged.iloc[-1]
+
+
+def seconds_per_iteration(run):
+    # A completed run's summary has its training time; a diverged run's has none, so its last logged point.
+    if run["status"] == "completed":
+        return run["summary"]["time"] / run["summary"]["iteration"]
+    last = last_logged(run)
+    return last["time"] / last["iteration"]
 
 
 # ---------------------------------------------------------------- per-preset blocks
@@ -347,8 +436,10 @@ def timing_row(preset, runs, sweep_dir, scale="quick"):
     threads = sorted({r["summary"].get("threads") for r in done})
     minutes = sum(p["wall_seconds"] for p in parts) / 60 if parts else math.nan
     declared = declared_jobs(preset, scale)
-    failed = sum(r["status"] == "failed" for r in runs)   # diverged: the sweep ran them, they count as not converging
-    return {"preset": preset, "runs": f"{len(done)} completed" + (f", {failed} failed" if failed else "") + f" of {declared} declared"
+    failed = sum(r["status"] == "failed" for r in runs)   # the sweep ran them: not a partial sweep
+    n_diverged = sum(map(diverged, runs))
+    return {"preset": preset, "runs": f"{len(done)} completed" + (f", {n_diverged} diverged" if n_diverged else "")
+            + (f", {failed - n_diverged} failed" if failed > n_diverged else "") + f" of {declared} declared"
             + (" (partial sweep)" if len(done) + failed < declared else ""),
             "jobs at once": ",".join(sorted({str(p["jobs_at_once"]) for p in parts})) or "?",
             "threads per job": ",".join(map(str, threads)),
@@ -364,8 +455,9 @@ def timing_row(preset, runs, sweep_dir, scale="quick"):
 
 def stationarity_table(groups):
     """Per setting: how many runs' running mean of the squared meta-gradient norm ends at or below a
-    common target (`target_level` over all settings), and the median iterations, seconds and oracle
-    cost from which it stays there (a run that never does counts as +inf, censored)."""
+    common target (`target_level` over all settings, so a setting most of whose runs diverged sets
+    none), and the median iterations, seconds and oracle cost from which it stays there (a run that
+    never does, or that diverged, counts as +inf, censored)."""
     curves = {label: curves_of(group, "grad_sq_mean") for label, group in groups.items()}
     curves = {label: c for label, c in curves.items() if c}
     if not curves:
@@ -373,15 +465,20 @@ def stationarity_table(groups):
     target = target_level(*curves.values())
     rows = []
     for label, cs in curves.items():
-        row = {"setting": label, "runs": len(cs), "median final mean ‖g‖²": fmt(statistics.median_high(c["value"].iloc[-1] for c in cs)),
-               "reached": int(sum(c["value"].iloc[-1] <= target for c in cs))}
-        for axis, name in AXES.items():
-            row[f"median {name} to target"] = fmt(statistics.median(first_reach(c, target, axis) for c in cs))
+        row = {"setting": label, "runs": len(cs), "diverged": int(sum(has_diverged(c) for c in cs)),
+               "median final mean ‖g‖²": fmt(statistics.median_high(final(c) for c in cs))}
+        if target is not None:
+            row["reached"] = int(sum(final(c) <= target for c in cs))
+            for axis, name in AXES.items():
+                row[f"median {name} to target"] = fmt(statistics.median(first_reach(c, target, axis) for c in cs))
         rows.append(row)
+    if target is None:
+        return ("\n\nStationarity: no target, most runs of every setting diverged (a diverged run's final level "
+                "counts as inf).\n\n" + md_table(rows, list(rows[0])))
     return (f"\n\nStationarity: from where each run's running mean of the squared meta-gradient norm stays at or below "
-            f"{fmt(target)} (the highest of the settings' median final levels; for an even number of runs, the upper "
+            f"{fmt(target)} (the highest finite one of the settings' median final levels; for an even number of runs, the upper "
             f"middle one), median over seeds. \"reached\": the runs that end at or below it; the others are censored "
-            f"and count as inf.\n\n" + md_table(rows, list(rows[0])))
+            f"and count as inf, as does a run that diverged (its final level is inf).\n\n" + md_table(rows, list(rows[0])))
 
 
 def section(preset, work, figures):
@@ -433,6 +530,22 @@ def fmt_cell(v):
 
 # ---------------------------------------------------------------- document
 
+def failure_notes(groups_by_preset):
+    """Which runs diverged, per setting (censored in the verdicts and stationarity tables), and which
+    runs are left out of them (failed for another reason, interrupted, still running)."""
+    counted, left_out = [], []
+    for preset, groups in groups_by_preset.items():
+        counts = [f"{label}: {sum(map(diverged, group))} of {len(group)}" for label, group in groups.items() if any(map(diverged, group))]
+        if counts:
+            counted.append(f"- `{preset}`: " + "; ".join(counts))
+        for label, group in groups.items():
+            left_out += [f"- `{preset}` job {r['job']} ({label}, seed {r['overrides'].get('seed', '-')}): **{r['status']}** "
+                         f"{r['error']}".rstrip() for r in excluded(group)]
+    return ("Runs that diverged, counted as censored:\n\n" + ("\n".join(counted) or "- none")
+            + "\n\nRuns left out (failed for another reason than divergence, interrupted or unfinished):\n\n"
+            + ("\n".join(left_out) or "- none"))
+
+
 def sweep_target(row):
     """The issue's Omniglot target, judged only when the sweep ran as the target states it."""
     train = f"shortest run trained {row['_min_train']:.0f} s (target >= {MIN_TRAIN_SECONDS}: {'met' if row['_min_train'] >= MIN_TRAIN_SECONDS else 'missed'})"
@@ -448,12 +561,13 @@ def write_doc(work, docs, scale):
     figures.mkdir(parents=True, exist_ok=True)
     for png in figures.glob("*.png"):
         png.unlink()
-    blocks, runs_by_preset, timing_rows = {"scale": scale}, {}, []
+    blocks, runs_by_preset, groups_by_preset, timing_rows = {"scale": scale}, {}, {}, []
     for preset in PRESETS[1:]:
         text, runs, _ = section(preset, work, figures)
         blocks[preset] = text
         if runs is not None:
             runs_by_preset[preset] = runs
+            groups_by_preset[preset] = settings_of(runs, work / preset)
             timing_rows.append(timing_row(preset, runs, work / preset, scale))
     # The quadratic: exact dynamics, so its rate table is the point (32 settings of loss curves are unreadable).
     rates_csv = work / "quadratic_1d" / "report" / "contraction.csv"
@@ -469,6 +583,7 @@ def write_doc(work, docs, scale):
     verdicts = claim_rows(runs_by_preset)
     blocks["verdicts"] = md_table(verdicts, ["claim", "data set", "comparison", "target", "iterations", "seconds", "oracle cost", "seeds"]) \
         if verdicts else "*(no claim sweeps run)*"
+    blocks["failed_runs"] = failure_notes(groups_by_preset) if groups_by_preset else "*(no sweeps run)*"
     ratios = {p: cost_ratio_rows(runs_by_preset[p]) for p in ("anil_vs_maml", "omniglot_anil_vs_maml") if p in runs_by_preset}
     blocks["claim3_costs"] = "\n\n".join(
         f"{DATA[p]}:\n\n" + md_table(rows, list(rows[0])) for p, rows in ratios.items() if rows) or "*(not run)*"

@@ -2,6 +2,7 @@
 prose cannot drift from the code or the data."""
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -110,15 +111,111 @@ def test_plateau_is_where_the_curve_stays_within_ten_percent_of_its_total_change
     assert cr.plateau(iterations, [1 - i / 1000 for i in iterations]) is None   # still falling at the end
 
 
-def fake_runs(values_by_n):
+def fake_runs(values_by_n, **overrides):
     runs = []
     for n, per_seed in values_by_n.items():
         for seed, values in enumerate(per_seed):
             m = pd.DataFrame({"iteration": [10 * (i + 1) for i in range(len(values))], "time": [i + 1.0 for i in range(len(values))],
                               "oracle/inner_grad_params": [1000.0 * n * (i + 1) for i in range(len(values))],
                               "train/loss": values, "train/grad_sq_mean": values})
-            runs.append({"overrides": {"algo.inner_steps": str(n), "seed": str(seed)}, "status": "completed", "metrics": m})
+            runs.append({"overrides": {"algo.inner_steps": str(n), "seed": str(seed), **overrides}, "status": "completed",
+                         "error": "", "job": f"s{seed}_{n}", "metrics": m})
     return runs
+
+
+def diverge(run):
+    """The run as metarun.train leaves one whose loss became non-finite after its last logged point."""
+    it = int(run["metrics"]["iteration"].iloc[-1]) + 3
+    return {**run, "status": "failed",
+            "error": f"training stopped at iteration {it}: non-finite {{'loss': nan, 'grad_norm': nan, 'grad_sq_mean': nan}}; "
+                     "lower optim.lr or algo.inner_lr; no checkpoint was written yet"}
+
+
+def crash(run, error="RuntimeError: non-finite values in the data loader's cache"):
+    """The run as metarun.train leaves one that failed on an unrelated exception (which can mention "non-finite" too)."""
+    return {**run, "status": "failed", "error": error}
+
+
+def test_diverged_runs_are_censored_runs_not_dropped_ones():
+    falling = [1.0, 0.2, 0.1, 0.1, 0.1, 0.1]
+    slow = [1.0, 1.0, 1.0, 1.0, 1.0, 0.1]
+    # Diverged runs that got lower than any completed run before they blew up: they still never reached.
+    blew_up = [1.0, 0.05, 0.01, 0.01]
+    anil = fake_runs({5: [falling] * 5}, method="anil")
+    maml = fake_runs({5: [slow] + [blew_up] * 4}, method="maml")
+    maml[1:] = [diverge(r) for r in maml[1:]]
+    curves = cr.curves_of(maml, "loss")
+    assert len(curves) == 5
+    assert [cr.first_reach(c, 1.0, "iteration") for c in curves[1:]] == [math.inf] * 4
+    assert [cr.final(c) for c in curves[1:]] == [math.inf] * 4
+    # With the diverged runs dropped, MAML had 1 run and the comparison no row at all.
+    rows = cr.claim_rows({"anil_vs_maml": anil + maml})
+    row = next(r for r in rows if r["comparison"] == "ANIL - MAML, N=5")
+    # MAML's median final level is inf: ANIL's (0.12, rolling mean of 5) sets the target, which MAML's
+    # one completed run (0.82) ends above.
+    assert row["target"] == "training loss <= 0.12"
+    assert row["seeds"] == "5+5 (0+4 diverged, 0+1 censored)"
+    # Every MAML run is censored: every pairwise difference is -inf, and no pair's order counts as assumed.
+    assert row["iterations"] == row["seconds"] == row["oracle cost"] == "**reproduced**: -inf [-inf, -inf]"
+
+
+def test_a_setting_most_of_whose_runs_diverged_sets_no_target():
+    a = [reaching_at(k) for k in (1, 2, 1, 2, 1)]                  # median final level 0.1
+    b = [curve([1e20] * 10)] * 2 + [curve([1e20] * 4)] * 3     # the two that completed end at 1e20
+    runs_b = fake_runs({20: [list(c["value"]) for c in b]})
+    runs_b[2:] = [diverge(r) for r in runs_b[2:]]
+    curves_b = cr.curves_of(runs_b, "grad_sq_mean")
+    assert statistics.median_high(cr.final(c) for c in curves_b) == math.inf
+    # Without the diverged runs, B's 2 survivors would have put the target at 1e20.
+    assert cr.target_level(a, curves_b) == 0.1
+    assert cr.target_level(a, curves_b[:2]) == 1e20
+    result = cr.compare_to_target(a, curves_b, "less")
+    assert result["diverged"] == (0, 3) and result["censored"] == (0, 2)
+    assert result["iteration"]["verdict"] == "reproduced"
+    # The stationarity tables follow the same rule.
+    groups = {"A": fake_runs({1: [list(c["value"]) for c in a]}), "B": runs_b}
+    text = cr.stationarity_table(groups)
+    assert "stays at or below 0.1 (the highest finite one of the settings' median final levels" in text
+    assert "| B | 5 | 3 | inf | 0 | inf | inf | inf |" in text
+
+
+def test_a_row_where_most_runs_of_both_settings_diverged_says_so():
+    falling = [1.0, 0.2, 0.1, 0.1, 0.1, 0.1]
+    anil = fake_runs({10: [falling] * 5}, method="anil")
+    maml = fake_runs({10: [falling] * 5}, method="maml")
+    anil[:3] = [diverge(r) for r in anil[:3]]
+    maml = [diverge(r) for r in maml]
+    row = next(r for r in cr.claim_rows({"anil_vs_maml": anil + maml}) if r["comparison"] == "ANIL - MAML, N=10")
+    assert row["target"] == "training loss: no target, most runs of both settings diverged"
+    assert row["iterations"] == row["seconds"] == row["oracle cost"] == "no verdict"
+    assert row["seeds"] == "5+5 (3+5 diverged)"
+    text = cr.stationarity_table({"anil": anil, "maml": maml})
+    assert "no target, most runs of every setting diverged" in text and "| maml | 5 | 5 | inf |" in text
+
+
+def test_a_failure_other_than_divergence_is_left_out_and_listed():
+    falling = [1.0, 0.2, 0.1, 0.1, 0.1, 0.1]
+    runs = fake_runs({1: [falling] * 5})
+    runs[0], runs[1] = crash(runs[0]), diverge(runs[1])
+    assert not cr.diverged(runs[0]) and cr.diverged(runs[1])
+    curves = cr.curves_of(runs, "loss")
+    assert len(curves) == 4 and sum(map(cr.has_diverged, curves)) == 1
+    assert cr.excluded(runs) == [runs[0]]
+    notes = cr.failure_notes({"anil_strongly_convex": {"N=1": runs}})
+    assert "- `anil_strongly_convex`: N=1: 1 of 5" in notes
+    assert ("- `anil_strongly_convex` job s0_1 (N=1, seed 0): **failed** RuntimeError: non-finite values in the data "
+            "loader's cache") in notes
+
+
+def test_cost_table_counts_the_iterations_of_diverged_runs():
+    # Every MAML run at N=10 diverged: the cost of an iteration is still measured, up to where each stopped.
+    anil = fake_runs({10: [[1.0] * 6] * 5}, method="anil")
+    maml = [diverge(r) for r in fake_runs({10: [[1.0] * 3] * 5}, method="maml")]
+    for r in anil:
+        r["summary"] = {"time": 6.0, "iteration": 60}
+    rows = cr.cost_ratio_rows(anil + maml)
+    assert [r["N"] for r in rows] == [10]
+    assert rows[0]["s/iter MAML"] == "0.1 ± 0"   # 3 s over 30 iterations, from the last logged point
 
 
 def test_claim_rows_compare_the_largest_n_with_the_smallest_on_every_axis():
@@ -143,10 +240,11 @@ def test_stationarity_table_gives_medians_and_how_many_runs_reached():
     runs = fake_runs({1: [falling] * 5, 20: [late] * 4 + [diverging]})
     groups = {f"N={n}": cr.select(runs, **{"algo.inner_steps": n}) for n in (1, 20)}
     text = cr.stationarity_table(groups)
-    assert "stays at or below 0.3 (the highest of the settings' median final levels" in text
-    # N = 20: 4 of 5 reach 0.3 at their 5th logged point (iteration 50, second 5, oracle cost 20 x 1000 x 5).
-    assert "| N=20 | 5 | 0.3 | 4 | 50 | 5 | 100000 |" in text
-    assert "| N=1 | 5 | 0.1 | 5 | 20 | 2 | 2000 |" in text
+    assert "stays at or below 0.3 (the highest finite one of the settings' median final levels" in text
+    # N = 20: 4 of 5 reach 0.3 at their 5th logged point (iteration 50, second 5, oracle cost 20 x 1000 x 5);
+    # the fifth completed, high: censored, not diverged.
+    assert "| N=20 | 5 | 0 | 0.3 | 4 | 50 | 5 | 100000 |" in text
+    assert "| N=1 | 5 | 0 | 0.1 | 5 | 20 | 2 | 2000 |" in text
 
 
 def test_sweep_paths_are_shown_relative_to_the_checkout_that_holds_them():
@@ -176,7 +274,7 @@ def test_template_oracle_table_lists_exactly_the_counts_the_code_logs():
 def test_template_holds_no_measured_number_and_the_script_fills_every_placeholder(tmp_path, monkeypatch):
     text = (REPO / "docs" / "src" / "convergence.md").read_text()
     placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", text))
-    assert placeholders == {"scale", "verdicts", "timings", "targets", "quadratic_error", "quadratic_1d", "claim3_costs",
+    assert placeholders == {"scale", "verdicts", "failed_runs", "timings", "targets", "quadratic_error", "quadratic_1d", "claim3_costs",
                             *cr.PRESETS[1:]}
     # Measured quantities only come from blocks: no "x.y s", "x min" or percentages typed into the prose.
     assert not re.findall(r"\d+(\.\d+)? ?(s|min|seconds|minutes)\b(?! x)", text.replace("30 seconds", ""))
