@@ -13,6 +13,7 @@ Two intervals: `diff_ci`, Welch's on the difference of means (final returns, fin
 where a run that never reaches the target has no finite value and a mean is undefined).
 """
 import math
+import statistics
 from fractions import Fraction
 
 # Two-sided 95% Student t quantiles t_{0.975, df}; between table entries, interpolated in 1/df
@@ -147,13 +148,6 @@ def _difference(x, y):
     return 0.0 if x == y == math.inf else x - y
 
 
-def _median(sorted_values):
-    half = len(sorted_values) // 2
-    if len(sorted_values) % 2:
-        return sorted_values[half]
-    return (sorted_values[half - 1] + sorted_values[half]) / 2
-
-
 def _kept(values):
     # Unlike _clean, keeps +inf: a censored run is data here.
     return [float(v) for v in values if v is not None and not math.isnan(float(v))]
@@ -177,8 +171,8 @@ def shift_ci(a, b):
     differences = sorted(_difference(x, y) for x in xa for y in xb)
     k = mann_whitney_critical(len(xa), len(xb))
     if k == 0:
-        return _median(differences), -math.inf, math.inf
-    return _median(differences), differences[k - 1], differences[-k]
+        return statistics.median(differences), -math.inf, math.inf
+    return statistics.median(differences), differences[k - 1], differences[-k]
 
 
 def compare_shift(a, b, claimed):

@@ -214,6 +214,11 @@ def diverged(run):
     return run["status"] == "failed" and error.startswith("training stopped at iteration") and "non-finite" in error
 
 
+def counted(run):
+    """Whether the verdicts count the run: it completed, or it diverged (then as censored)."""
+    return run["status"] == "completed" or diverged(run)
+
+
 # Where a diverged run's curve ends: it never stays at or below any level, on no axis, however low it
 # got before it blew up. At +inf on every axis it is censored (first_reach), its final level is +inf
 # (target_level) and no pair with it counts as an assumed order (assumed_order_pairs).
@@ -230,7 +235,7 @@ def curves_of(runs, measure):
         return []
     curves = []
     for r in runs:
-        c = run_curve(r, column, smooth) if r["status"] == "completed" or diverged(r) else None
+        c = run_curve(r, column, smooth) if counted(r) else None
         if diverged(r):
             logged = [c] if c is not None and not c.empty else []
             curves.append(pd.concat([*logged, pd.DataFrame([DIVERGED_END])], ignore_index=True))
@@ -241,7 +246,7 @@ def curves_of(runs, measure):
 
 def excluded(runs):
     """The runs the verdicts leave out: neither completed nor diverged."""
-    return [r for r in runs if r["status"] != "completed" and not diverged(r)]
+    return [r for r in runs if not counted(r)]
 
 
 def cell(result, axis):
@@ -329,7 +334,7 @@ def cost_ratio_rows(runs):
         per = {}
         for method in ("anil", "maml"):
             group = [r for r in select(runs, method=method, **{"algo.inner_steps": n})
-                     if (r["status"] == "completed" or diverged(r)) and last_logged(r) is not None]
+                     if counted(r) and last_logged(r) is not None]
             if not group:
                 break
             last = last_logged(group[0])
@@ -488,7 +493,7 @@ def section(preset, work, figures):
         data = "METARUN_DATA=../shared/data " if preset.startswith("omniglot_") else ""
         return (f"*Not run for this version of the page* (no sweep in the work dir). It runs with "
                 f"`{data}python scripts/convergence_report.py --presets {preset} --no-doc`, or as a user would with "
-                f"`{data}metarun -m +experiment={preset}`.", None, [])
+                f"`{data}metarun -m +experiment={preset}`.", None, None)
     runs = load_runs(sweep_dir)
     groups = settings_of(runs, sweep_dir)
     notes = repo_relative((report_dir / "summary.md").read_text().split("\n\n|")[0], work)
@@ -512,7 +517,7 @@ def section(preset, work, figures):
             + f"within {PLATEAU_BAND:.0%} of its total change from its final level (\"not flat yet\": only in the last fifth of the run, or never).\n\n"
             + md_table(prow, ["setting", "iterations run", "plateau from iteration", "at seconds"]) + "\n\n"
             + "\n\n".join(f"![{name}](convergence/{name})" for name in images))
-    return text, runs, prow
+    return text, runs, groups
 
 
 def repo_relative(text, work):
@@ -563,11 +568,11 @@ def write_doc(work, docs, scale):
         png.unlink()
     blocks, runs_by_preset, groups_by_preset, timing_rows = {"scale": scale}, {}, {}, []
     for preset in PRESETS[1:]:
-        text, runs, _ = section(preset, work, figures)
+        text, runs, groups = section(preset, work, figures)
         blocks[preset] = text
         if runs is not None:
             runs_by_preset[preset] = runs
-            groups_by_preset[preset] = settings_of(runs, work / preset)
+            groups_by_preset[preset] = groups
             timing_rows.append(timing_row(preset, runs, work / preset, scale))
     # The quadratic: exact dynamics, so its rate table is the point (32 settings of loss curves are unreadable).
     rates_csv = work / "quadratic_1d" / "report" / "contraction.csv"
