@@ -313,7 +313,8 @@ def run(cfg, run_dir, group=None, name=None):
         status = "completed"
         return summary
     except NonFiniteLoss as e:
-        summary.update(status="failed", error=str(e), iteration=done)
+        # `failure` says what kind for scripts (the report counts diverged runs as censored); `error` is for people
+        summary.update(status="failed", failure="non_finite", error=str(e), iteration=done)
         raise
     except KeyboardInterrupt:
         summary.update(status="interrupted", iteration=done,
@@ -321,7 +322,7 @@ def run(cfg, run_dir, group=None, name=None):
                              f"from the checkpoint at iteration {last_good if last_good is not None else 0}")
         raise
     except Exception as e:
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}", iteration=done)
+        summary.update(status="failed", failure="exception", error=f"{type(e).__name__}: {e}", iteration=done)
         raise
     finally:
         write_summary(run_dir, summary)

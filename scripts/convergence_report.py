@@ -208,10 +208,15 @@ def select(runs, **overrides):
 
 
 def diverged(run):
-    """Whether metarun.train stopped the run because a training metric became non-finite (its
-    NonFiniteLoss message); other failures (an exception in the code, a missing file) are not this."""
+    """Whether metarun.train stopped the run because a training metric became non-finite (summary.json's
+    `failure` is "non_finite"); other failures (an exception in the code, a missing file) are not this."""
+    if run["status"] != "failed":
+        return False
+    if "failure" in run["summary"]:
+        return run["summary"]["failure"] == "non_finite"
+    # summaries written before train.py wrote `failure`: its NonFiniteLoss message
     error = run.get("error") or ""
-    return run["status"] == "failed" and error.startswith("training stopped at iteration") and "non-finite" in error
+    return error.startswith("training stopped at iteration") and "non-finite" in error
 
 
 def counted(run):

@@ -68,9 +68,10 @@ def test_a_diverged_run_does_not_cancel_the_rest_of_the_sweep(tmp_path):
     result = run_metarun("-m", "optim=sgd", "optim.lr=1e6,0.01", "iterations=200", "eval_every=1000", "log_every=50",
                          "eval_tasks=10", "checkpoint_every=50", "progress=false", "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
-    statuses = {d.name: json.loads((d / "summary.json").read_text())["status"] for d in (tmp_path / "sweep").iterdir()
-                if d.is_dir() and d.name.isdigit()}
-    assert statuses == {"0": "failed", "1": "completed"}
+    summaries = {d.name: json.loads((d / "summary.json").read_text()) for d in (tmp_path / "sweep").iterdir()
+                 if d.is_dir() and d.name.isdigit()}
+    assert {name: s["status"] for name, s in summaries.items()} == {"0": "failed", "1": "completed"}
+    assert summaries["0"]["failure"] == "non_finite" and "failure" not in summaries["1"]
     lines = result.stderr.strip().splitlines()
     assert any("non-finite" in line and "the sweep goes on" in line for line in lines)
     assert lines[-1] == "metarun: error: 1 of 2 runs of the sweep in sweep failed (0); their summary.json says why"

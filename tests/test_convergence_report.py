@@ -119,21 +119,26 @@ def fake_runs(values_by_n, **overrides):
                               "oracle/inner_grad_params": [1000.0 * n * (i + 1) for i in range(len(values))],
                               "train/loss": values, "train/grad_sq_mean": values})
             runs.append({"overrides": {"algo.inner_steps": str(n), "seed": str(seed), **overrides}, "status": "completed",
-                         "error": "", "job": f"s{seed}_{n}", "metrics": m})
+                         "error": "", "summary": {}, "job": f"s{seed}_{n}", "metrics": m})
     return runs
 
 
 def diverge(run):
     """The run as metarun.train leaves one whose loss became non-finite after its last logged point."""
     it = int(run["metrics"]["iteration"].iloc[-1]) + 3
-    return {**run, "status": "failed",
+    return {**run, "status": "failed", "summary": {**run["summary"], "failure": "non_finite"},
             "error": f"training stopped at iteration {it}: non-finite {{'loss': nan, 'grad_norm': nan, 'grad_sq_mean': nan}}; "
                      "lower optim.lr or algo.inner_lr; no checkpoint was written yet"}
 
 
 def crash(run, error="RuntimeError: non-finite values in the data loader's cache"):
     """The run as metarun.train leaves one that failed on an unrelated exception (which can mention "non-finite" too)."""
-    return {**run, "status": "failed", "error": error}
+    return {**run, "status": "failed", "summary": {**run["summary"], "failure": "exception"}, "error": error}
+
+
+def without_failure_field(run):
+    """The run as metarun.train wrote it before summary.json had `failure`: only the message tells."""
+    return {**run, "summary": {k: v for k, v in run["summary"].items() if k != "failure"}}
 
 
 def test_diverged_runs_are_censored_runs_not_dropped_ones():
@@ -198,6 +203,10 @@ def test_a_failure_other_than_divergence_is_left_out_and_listed():
     runs = fake_runs({1: [falling] * 5})
     runs[0], runs[1] = crash(runs[0]), diverge(runs[1])
     assert not cr.diverged(runs[0]) and cr.diverged(runs[1])
+    # the structured field decides, whatever the message says; old summaries fall back to the message
+    assert not cr.diverged({**runs[0], "error": runs[1]["error"]})
+    assert cr.diverged({**runs[1], "error": "stopped"})
+    assert not cr.diverged(without_failure_field(runs[0])) and cr.diverged(without_failure_field(runs[1]))
     curves = cr.curves_of(runs, "loss")
     assert len(curves) == 4 and sum(map(cr.has_diverged, curves)) == 1
     assert cr.excluded(runs) == [runs[0]]
