@@ -162,6 +162,8 @@ def precheck(argv):
             _validate(cfg)
             if checked == 0 and not is_multirun(argv):
                 check_run_dir(cfg)
+            if checked == 0 and is_multirun(argv) and cfg.resume:
+                check_sweep_dir(cfg, argv)
             checked += 1
             # Sweeps declared by an experiment preset (hydra.sweeper.params) are checked too.
             params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
@@ -206,6 +208,18 @@ def _validate(cfg):
         if cause is not None:
             raise cause from None
         raise ConfigError("config", "", str(e).splitlines()[0]) from None
+
+
+def check_sweep_dir(cfg, argv):
+    """`-m ... resume=true` continues the jobs of an existing sweep: it must be named and be there."""
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.sweep.dir=")]
+    example = "metarun -m <the sweep's overrides> resume=true hydra.sweep.dir=<its dir>"
+    if cfg.get("run_dir"):
+        raise ConfigError("run_dir", cfg.run_dir, f"names one run, not a sweep; to continue a sweep: {example}")
+    if not given:
+        raise ConfigError("hydra.sweep.dir", None, f"missing; resume=true with -m continues the sweep in that dir: {example}")
+    if not (Path(given[-1]) / "multirun.yaml").is_file():
+        raise DataError(f"hydra.sweep.dir={given[-1]} holds no sweep (no multirun.yaml): run without resume=true to start it")
 
 
 def expand_run_dir(argv):
@@ -256,6 +270,13 @@ def hydra_main(cfg):
     group = str(hc.sweep.dir) if multirun else None
     name = hc.job.override_dirname or "default"
     try:
+        if multirun and cfg.resume:
+            step = sweep_job_step(Path(hc.runtime.output_dir), cfg)
+            if step != "resume":
+                print(f"metarun: {hc.runtime.output_dir}: {step}", file=sys.stderr)
+                if step.startswith("skipped"):
+                    return None
+                cfg.resume = False
         if cfg.mode == "eval":
             from metarun.learner import evaluate_run
 
@@ -287,6 +308,33 @@ def hydra_main(cfg):
     return summary.get("test/loss")
 
 
+def sweep_job_step(run_dir, cfg):
+    """What `metarun -m ... resume=true` does with one job of the sweep it continues: "resume" from the
+    job's checkpoint; skip a job that completed its iterations, or that diverged (resume is exact,
+    so it would diverge again); start a job that has no checkpoint (never started, or killed before
+    its first one). A job dir that holds another setting's run (the sweep's values given in another
+    order renumber the jobs) is refused."""
+    from metarun.train import fingerprint
+
+    if (run_dir / "config.yaml").is_file():
+        saved, now = fingerprint(OmegaConf.load(run_dir / "config.yaml")), fingerprint(cfg)
+        changed = sorted(k for k in now if saved.get(k) != now[k])
+        if changed:
+            raise DataError(f"{run_dir} holds a run with other settings ({', '.join(changed)}: {saved[changed[0]]} there, "
+                            f"{now[changed[0]]} now); resume a sweep with its overrides as it was started, values in the same order")
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    if summary.get("status") == "completed" and summary.get("iteration", 0) >= cfg.iterations:
+        return f"skipped: completed {summary['iteration']} iterations already"
+    if summary.get("status") == "failed" and summary.get("failure") == "non_finite":
+        return f"skipped: diverged at iteration {summary.get('iteration')} (resuming would diverge again)"
+    if (run_dir / "checkpoint.pt").is_file():
+        return "resume"
+    return "no checkpoint: starting it"
+
+
 class FailedRunsCallback(Callback):
     """After a sweep, one line naming the runs that failed (non-finite loss), and exit status 1."""
 
@@ -300,7 +348,8 @@ class FailedRunsCallback(Callback):
                 summary = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
-            if summary.get("updated_at", 0) >= self.started:  # runs of this sweep, not of earlier ones in the same dir
+            # runs of this sweep, not of earlier ones in the same dir; a resumed sweep owns every run in it
+            if config.get("resume") or summary.get("updated_at", 0) >= self.started:
                 runs.append((path.parent.name, summary.get("status")))
         failed = sorted(name for name, status in runs if status == "failed")
         if failed:

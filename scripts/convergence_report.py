@@ -56,13 +56,15 @@ SWEEP_MINUTES = 20
 
 # ---------------------------------------------------------------- running
 
-def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None):
-    """metarun -m on one preset (or on some of its seeds: a part of the sweep, added to `sweep_dir`).
+def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None, resume=False):
+    """metarun -m on one preset (or on some of its seeds: a part of the sweep, added to `sweep_dir`);
+    with `resume`, continues the sweep in `sweep_dir` (`metarun -m ... resume=true`: killed jobs resume
+    from their checkpoints, finished ones are skipped), as a `scale=full` sweep spread over sessions needs.
 
     Appends to <sweep_dir>/timing.json what the process can know of the conditions: wall-clock,
     jobs at once, the CPU slots it held (cpujob's METARUN_CPUJOB_SLOTS) and the load average.
     """
-    if seeds is None and sweep_dir.exists():
+    if seeds is None and sweep_dir.exists() and not resume:
         shutil.rmtree(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     # Job dirs named by seed and job number, so that parts of a sweep run separately never collide.
@@ -70,16 +72,18 @@ def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None):
            "hydra.sweep.subdir=s${seed}_${hydra.job.num}"]
     cmd += [f"seed={seeds}"] if seeds is not None else []
     cmd += [f"hydra/launcher={launcher}"] if launcher else []
+    cmd += ["resume=true"] if resume else []
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled"), "METARUN_DATA": str(data)}
     with open(sweep_dir.parent / f"{preset}.log", "a") as log:
         timing = timed_run(cmd, log, env, cwd=REPO)
     multirun = OmegaConf.load(sweep_dir / "multirun.yaml") if (sweep_dir / "multirun.yaml").is_file() else None
     target = OmegaConf.select(multirun, "hydra.launcher._target_", default="") if multirun is not None else ""
     jobs = OmegaConf.select(multirun, "hydra.launcher.n_jobs", default=None) if "Joblib" in target else 1
-    part = {"seeds": seeds or "all", **timing, "jobs_at_once": jobs}
+    part = {"seeds": seeds or "all", **timing, "jobs_at_once": jobs, **({"resumed": True} if resume else {})}
     path = sweep_dir / "timing.json"
-    parts = json.loads(path.read_text()) if seeds is not None and path.is_file() else []
-    path.write_text(json.dumps([p for p in parts if p["seeds"] != part["seeds"]] + [part], indent=2))
+    parts = json.loads(path.read_text()) if (seeds is not None or resume) and path.is_file() else []
+    # a resumed part adds to the part it continues; a part run anew replaces the one with its seeds
+    path.write_text(json.dumps([p for p in parts if resume or p["seeds"] != part["seeds"]] + [part], indent=2))
     print(f"  {preset}: exit {part['exit_code']} after {part['wall_seconds']:.0f} s", flush=True)
     return part
 
@@ -629,13 +633,15 @@ def main():
     parser.add_argument("--skip-runs", action="store_true", help="reuse the sweeps already in --work-dir")
     parser.add_argument("--no-doc", action="store_true", help="run sweeps and reports only")
     parser.add_argument("--seeds", default=None, help="run only these seeds (e.g. 0,1) and add them to the sweep dir")
+    parser.add_argument("--resume", action="store_true", help="continue the sweeps in --work-dir (metarun -m ... resume=true) "
+                        "instead of starting them anew: killed jobs resume, finished ones are skipped")
     parser.add_argument("--launcher", default=None, choices=["basic", "joblib"], help="override the presets' launcher (basic: one job at a time)")
     args = parser.parse_args()
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     for preset in args.presets:
         if not args.skip_runs:
-            run_sweep(preset, args.scale, work / preset, args.data, args.seeds, args.launcher)
+            run_sweep(preset, args.scale, work / preset, args.data, args.seeds, args.launcher, args.resume)
         if (work / preset).is_dir() and (args.seeds is None or args.skip_runs):  # a part of a sweep waits for the rest
             run_reports(work / preset)
     if not args.no_doc:

@@ -78,6 +78,60 @@ def test_a_diverged_run_does_not_cancel_the_rest_of_the_sweep(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_killed_sweep_resumes_job_by_job(tmp_path):
+    # As Slurm preempting a sweep: job 0 diverges, job 1 is killed past a checkpoint, job 2 never
+    # starts. `-m ... resume=true` skips job 0, resumes job 1, starts job 2; job 1 then equals an
+    # uninterrupted run, and resuming the finished sweep again changes nothing.
+    sweep = ["-m", "optim=sgd", "optim.lr=1e6,0.01,0.02", "iterations=300", "eval_every=100", "log_every=10",
+             "eval_tasks=20", "checkpoint_every=50", "progress=false", "hydra.sweep.dir=sweep"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(["metarun", *sweep], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "sweep" / "1" / "metrics.jsonl"
+
+    def job1_past_checkpoint():
+        if not (tmp_path / "sweep" / "1" / "checkpoint.pt").exists() or not log.exists():
+            return False
+        rows = [line for line in log.read_text().splitlines() if line.endswith("}")]
+        return bool(rows) and json.loads(rows[-1])["iteration"] > 50
+
+    deadline = time.time() + 300
+    while not job1_past_checkpoint() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())["failure"] == "non_finite"
+    assert metrics(tmp_path / "sweep" / "1")[-1]["iteration"] < 300, "job 1 finished before it was killed"
+    assert not (tmp_path / "sweep" / "2").exists()
+
+    resumed = run_metarun(*sweep, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 1, resumed.stderr[-2000:]  # the sweep still holds job 0's failure
+    assert "sweep/0: skipped: diverged at iteration" in resumed.stderr
+    assert "sweep/2: no checkpoint: starting it" in resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    alone = run_metarun(*[a for a in sweep if a not in ("-m", "optim.lr=1e6,0.01,0.02", "hydra.sweep.dir=sweep")],
+                        "optim.lr=0.01", "hydra.run.dir=alone", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert without_time(metrics(tmp_path / "sweep" / "1")) == without_time(metrics(tmp_path / "alone"))
+    summaries = [json.loads((tmp_path / "sweep" / str(j) / "summary.json").read_text()) for j in range(3)]
+    assert [s["status"] for s in summaries] == ["failed", "completed", "completed"]
+    assert summaries[2]["iteration"] == 300
+
+    again = run_metarun(*sweep, "resume=true", cwd=tmp_path)
+    assert again.returncode == 1 and again.stderr.count("skipped") == 3, again.stderr[-2000:]
+    assert [json.loads((tmp_path / "sweep" / str(j) / "summary.json").read_text()) for j in range(3)] == summaries
+
+
+def test_resuming_a_sweep_needs_its_dir_and_the_same_settings(tmp_path):
+    missing = run_metarun("-m", "seed=0,1", "resume=true", cwd=tmp_path)
+    assert missing.returncode == 2 and "hydra.sweep.dir" in missing.stderr and "Traceback" not in missing.stderr
+    absent = run_metarun("-m", "seed=0,1", "resume=true", "hydra.sweep.dir=nowhere", cwd=tmp_path)
+    assert absent.returncode == 2 and "nowhere holds no sweep" in absent.stderr
+    assert run_metarun("-m", "seed=0,1", *FAST, "progress=false", "hydra.sweep.dir=sweep", cwd=tmp_path).returncode == 0
+    swapped = run_metarun("-m", "seed=1,0", *FAST, "progress=false", "resume=true", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert swapped.returncode == 2 and "holds a run with other settings (seed: 0 there, 1 now)" in swapped.stderr
+    assert "Traceback" not in swapped.stderr
+
+
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     args = ["iterations=300", "eval_every=100", "log_every=10", "eval_tasks=20", "checkpoint_every=50", "progress=false"]
     full = run_metarun(*args, "hydra.run.dir=full", cwd=tmp_path)

@@ -1,5 +1,6 @@
 """scripts/convergence_report.py: verdicts that respect the CIs, targets, plateaus, and a doc whose
 prose cannot drift from the code or the data."""
+import json
 import math
 import re
 import statistics
@@ -313,3 +314,24 @@ def test_document_from_tiny_sweeps(tmp_path):
         assert len({line.count("|") for line in table.splitlines()}) == 1, table
     assert (tmp_path / "docs" / "convergence" / "anil_strongly_convex_grad_sq_mean.png").is_file()
     assert (tmp_path / "docs" / "convergence" / "anil_strongly_convex_plateau.png").is_file()
+
+
+def test_a_resumed_sweep_keeps_its_runs_and_adds_a_timing_part(tmp_path, monkeypatch):
+    # run_sweep's bookkeeping only (metarun -m ... resume=true itself: tests/test_cli.py).
+    commands = []
+
+    def fake_run(cmd, log, env, cwd):
+        commands.append(cmd)
+        return {"command": " ".join(cmd), "exit_code": 0, "wall_seconds": 60.0 * len(commands), "cpu_slots": "2", "cpus": 2}
+
+    monkeypatch.setattr(cr, "timed_run", fake_run)
+    sweep = tmp_path / "anil_nonconvex"
+    cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path)
+    (sweep / "s0_0").mkdir()  # a job the first part left (killed, say)
+    cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path, resume=True)
+    assert (sweep / "s0_0").is_dir() and "resume=true" in commands[1] and "resume=true" not in commands[0]
+    parts = json.loads((sweep / "timing.json").read_text())
+    assert [p["wall_seconds"] for p in parts] == [60.0, 120.0] and parts[1]["resumed"]
+    cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path)  # anew: the old sweep goes, its timing with it
+    assert not (sweep / "s0_0").exists()
+    assert [p["wall_seconds"] for p in json.loads((sweep / "timing.json").read_text())] == [180.0]
