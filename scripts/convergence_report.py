@@ -64,6 +64,7 @@ def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None, resume=
     Appends to <sweep_dir>/timing.json what the process can know of the conditions: wall-clock,
     jobs at once, the CPU slots it held (cpujob's METARUN_CPUJOB_SLOTS) and the load average.
     """
+    resume = resume and (sweep_dir / "multirun.yaml").is_file()  # --resume on a sweep never started starts it
     if seeds is None and sweep_dir.exists() and not resume:
         shutil.rmtree(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -634,7 +635,7 @@ def main():
     parser.add_argument("--no-doc", action="store_true", help="run sweeps and reports only")
     parser.add_argument("--seeds", default=None, help="run only these seeds (e.g. 0,1) and add them to the sweep dir")
     parser.add_argument("--resume", action="store_true", help="continue the sweeps in --work-dir (metarun -m ... resume=true) "
-                        "instead of starting them anew: killed jobs resume, finished ones are skipped")
+                        "instead of starting them anew: killed jobs resume, finished ones are skipped; a sweep not started yet starts")
     parser.add_argument("--launcher", default=None, choices=["basic", "joblib"], help="override the presets' launcher (basic: one job at a time)")
     args = parser.parse_args()
     work = Path(args.work_dir).resolve()

@@ -326,7 +326,9 @@ def test_a_resumed_sweep_keeps_its_runs_and_adds_a_timing_part(tmp_path, monkeyp
 
     monkeypatch.setattr(cr, "timed_run", fake_run)
     sweep = tmp_path / "anil_nonconvex"
-    cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path)
+    cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path, resume=True)  # nothing to resume yet: starts it
+    assert "resume=true" not in commands[0]
+    (sweep / "multirun.yaml").write_text("{}")  # what metarun -m leaves
     (sweep / "s0_0").mkdir()  # a job the first part left (killed, say)
     cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path, resume=True)
     assert (sweep / "s0_0").is_dir() and "resume=true" in commands[1] and "resume=true" not in commands[0]
