@@ -282,7 +282,9 @@ def bench_block(path, runs):
             # Summaries written before wall_time was summed over resumes hold the last process's only;
             # a resumed run's whole command took at least its training time.
             w = [max(r["wall_time"], r["time"]) / 60 for r in done if r["wall_time"]]
-            timed.append({"run": f"{ARMS[arm]}, {env_id}", "algo.compile": str(compiled).lower(), "runs": len(done),
+            # the peer check's metarun runs (reward_delay 1) are PPO runs too, but not the delayed-reward arm
+            label = ARMS[arm] if delay > 1 else "PPO, undelayed reward (the peer check's runs)"
+            timed.append({"run": f"{label}, {env_id}", "algo.compile": str(compiled).lower(), "runs": len(done),
                           "training time (min)": fmt_ci(*mean_ci(t)[:2], 3), "whole command (min)": fmt_ci(*mean_ci(w)[:2], 3) if w else "n/a",
                           "env steps/s": f"{ITERATIONS * 2048 / (np.mean(t) * 60):.0f}"})
     if timed:

@@ -14,12 +14,12 @@ ALGOS = {"ppo": {"_target_": "metarun.algos.ppo.PPO"},
          "lirpg_frozen": {"_target_": "metarun.algos.lirpg.LIRPG", "r_ex_coef": 0.0, "r_in_coef": 1.0, "meta_step": False}}
 
 
-def fake_run(root, arm, seed, final, compiled=False, iterations=3, stopped_at=None):
-    run = root / f"{arm}_{'c' if compiled else 'e'}" / str(seed)
+def fake_run(root, arm, seed, final, compiled=False, iterations=3, stopped_at=None, reward_delay=20):
+    run = root / f"{arm}_{'c' if compiled else 'e'}_d{reward_delay}" / str(seed)
     run.mkdir(parents=True)
     algo = {**ALGOS[arm], "nsteps": 2048, "compile": compiled}
     cfg = {"seed": seed, "iterations": iterations, "checkpoint_every": 1,
-           "task": {"_target_": "metarun.tasks.mujoco_delayed.MujocoDelayed", "env_id": "Hopper-v5", "reward_delay": 20}, "algo": algo}
+           "task": {"_target_": "metarun.tasks.mujoco_delayed.MujocoDelayed", "env_id": "Hopper-v5", "reward_delay": reward_delay}, "algo": algo}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     done = iterations if stopped_at is None else stopped_at
     rows = [{"iteration": i, "train/env_steps": 2048 * i, "train/episodes": 10 * i, "train/return": final * i / iterations}
@@ -59,12 +59,17 @@ def test_report_judges_arms_lists_stopped_runs_and_times_eager_and_compiled_apar
         fake_run(runs, "lirpg", seed, lirpg, compiled=seed == 2)
         fake_run(runs, "lirpg_frozen", seed, frozen)
     fake_run(runs, "ppo", 3, 500, stopped_at=2)
+    fake_run(runs, "ppo", 0, 3000, compiled=True, reward_delay=1)  # a peer-check run: undelayed, not an arm
     doc = render(tmp_path, bench(2.7, 1.8))
     verdicts = doc[doc.index("| env | claim |"):]
     assert "LIRPG (r_in only) beats PPO" in verdicts and "**reproduced** (n=3, 3)" in verdicts.split("\n")[2]
     assert "**not resolved** (n=3, 3)" in verdicts  # learned vs frozen: +30 +- a CI that covers 0
     assert "| Hopper-v5 | PPO (delayed reward) | 3 |" in doc and "stopped after 4,096 env steps (2 of 3 updates)" in doc
-    assert f"`metarun resume=true run_dir={runs / 'ppo_e' / '3'}`" in doc
+    assert f"`metarun resume=true run_dir={runs / 'ppo_e_d20' / '3'}`" in doc
+    assert "| Hopper-v5 | PPO (delayed reward) | 0, 1, 2 | 1000 ± 25 |" in doc  # the undelayed run is not in the arm
+    ppo_timing = sorted(line.split(" | ")[:3] for line in doc.splitlines() if line.startswith(("| PPO (", "| PPO,")) and ", Hopper-v5 |" in line)
+    assert ppo_timing == [["| PPO (delayed reward), Hopper-v5", "false", "3"],
+                          ["| PPO, undelayed reward (the peer check's runs), Hopper-v5", "true", "1"]]
     timing = [line for line in doc.splitlines() if line.startswith("| PPO + LIRPG, r_in only, Hopper-v5 |")]
     assert len(timing) == 2 and "| false | 2 | 2 ± 0 |" in timing[0] and "| true | 1 | 1 |" in timing[1]
     assert "both with `algo.compile=true` (what the 1M-step presets run): **1.80x** (target <= 2x: **met**)" in doc
