@@ -271,12 +271,12 @@ def hydra_main(cfg):
     name = hc.job.override_dirname or "default"
     try:
         if multirun and cfg.resume:
-            step = sweep_job_step(Path(hc.runtime.output_dir), cfg)
-            if step != "resume":
-                print(f"metarun: {hc.runtime.output_dir}: {step}", file=sys.stderr)
-                if step.startswith("skipped"):
-                    return None
-                cfg.resume = False
+            step, why = sweep_job_step(Path(hc.runtime.output_dir), cfg)
+            if why:
+                print(f"metarun: {hc.runtime.output_dir}: {why}", file=sys.stderr)
+            if step == "skip":
+                return None
+            cfg.resume = step == "resume"
         if cfg.mode == "eval":
             from metarun.learner import evaluate_run
 
@@ -309,9 +309,9 @@ def hydra_main(cfg):
 
 
 def sweep_job_step(run_dir, cfg):
-    """What `metarun -m ... resume=true` does with one job of the sweep it continues: "resume" from the
-    job's checkpoint; skip a job that completed its iterations, or that diverged (resume is exact,
-    so it would diverge again); start a job that has no checkpoint (never started, or killed before
+    """(step, why) for one job of the sweep `metarun -m ... resume=true` continues: "resume" from the
+    job's checkpoint; "skip" a job that completed its iterations, or that diverged (resume is exact,
+    so it would diverge again); "start" a job that has no checkpoint (never started, or killed before
     its first one). A job dir that holds another setting's run (the sweep's values given in another
     order renumber the jobs) is refused."""
     from metarun.train import fingerprint
@@ -327,12 +327,12 @@ def sweep_job_step(run_dir, cfg):
     except (OSError, ValueError):
         summary = {}
     if summary.get("status") == "completed" and summary.get("iteration", 0) >= cfg.iterations:
-        return f"skipped: completed {summary['iteration']} iterations already"
+        return "skip", f"skipped: completed {summary['iteration']} iterations already"
     if summary.get("status") == "failed" and summary.get("failure") == "non_finite":
-        return f"skipped: diverged at iteration {summary.get('iteration')} (resuming would diverge again)"
+        return "skip", f"skipped: diverged at iteration {summary.get('iteration')} (resuming would diverge again)"
     if (run_dir / "checkpoint.pt").is_file():
-        return "resume"
-    return "no checkpoint: starting it"
+        return "resume", None
+    return "start", "no checkpoint: starting it"
 
 
 class FailedRunsCallback(Callback):

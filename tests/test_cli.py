@@ -78,27 +78,33 @@ def test_a_diverged_run_does_not_cancel_the_rest_of_the_sweep(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def kill_past_checkpoint(args, run_dir, cwd, checkpoint=50):
+    """Start `metarun *args` and SIGKILL it once `run_dir`'s log holds lines past its first checkpoint
+    (`checkpoint`), which a resume must discard. Waits on the files, not on a timer."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(["metarun", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = run_dir / "metrics.jsonl"
+
+    def logged_past_checkpoint():
+        if not (run_dir / "checkpoint.pt").exists() or not log.exists():
+            return False
+        rows = [line for line in log.read_text().splitlines() if line.endswith("}")]
+        return bool(rows) and json.loads(rows[-1])["iteration"] > checkpoint
+
+    deadline = time.time() + 300
+    while not logged_past_checkpoint() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def test_a_killed_sweep_resumes_job_by_job(tmp_path):
     # As Slurm preempting a sweep: job 0 diverges, job 1 is killed past a checkpoint, job 2 never
     # starts. `-m ... resume=true` skips job 0, resumes job 1, starts job 2; job 1 then equals an
     # uninterrupted run, and resuming the finished sweep again changes nothing.
     sweep = ["-m", "optim=sgd", "optim.lr=1e6,0.01,0.02", "iterations=300", "eval_every=100", "log_every=10",
              "eval_tasks=20", "checkpoint_every=50", "progress=false", "hydra.sweep.dir=sweep"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(["metarun", *sweep], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = tmp_path / "sweep" / "1" / "metrics.jsonl"
-
-    def job1_past_checkpoint():
-        if not (tmp_path / "sweep" / "1" / "checkpoint.pt").exists() or not log.exists():
-            return False
-        rows = [line for line in log.read_text().splitlines() if line.endswith("}")]
-        return bool(rows) and json.loads(rows[-1])["iteration"] > 50
-
-    deadline = time.time() + 300
-    while not job1_past_checkpoint() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_past_checkpoint(sweep, tmp_path / "sweep" / "1", cwd=tmp_path)
     assert json.loads((tmp_path / "sweep" / "0" / "summary.json").read_text())["failure"] == "non_finite"
     assert metrics(tmp_path / "sweep" / "1")[-1]["iteration"] < 300, "job 1 finished before it was killed"
     assert not (tmp_path / "sweep" / "2").exists()
@@ -137,24 +143,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     full = run_metarun(*args, "hydra.run.dir=full", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-2000:]
 
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(["metarun", *args, "hydra.run.dir=killed"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = tmp_path / "killed" / "metrics.jsonl"
-
-    def logged_past_checkpoint():
-        # Kill once the log holds lines past the first checkpoint (iteration 50): the resumed run
-        # must discard them. Waits on the files, not on a timer.
-        if not (tmp_path / "killed" / "checkpoint.pt").exists() or not log.exists():
-            return False
-        rows = [line for line in log.read_text().splitlines() if line.endswith("}")]
-        return bool(rows) and json.loads(rows[-1])["iteration"] > 50
-
-    deadline = time.time() + 300
-    while not logged_past_checkpoint() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_past_checkpoint([*args, "hydra.run.dir=killed"], tmp_path / "killed", cwd=tmp_path)
     assert (tmp_path / "killed" / "checkpoint.pt").exists()
     killed_rows = metrics(tmp_path / "killed")
     assert killed_rows[-1]["iteration"] < 300, "the run finished before it was killed"
