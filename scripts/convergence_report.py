@@ -3,11 +3,12 @@
     python scripts/convergence_report.py                          # every preset, then the doc
     cpujob -n 2 -- python scripts/convergence_report.py --presets omniglot_anil_nonconvex --no-doc
     python scripts/convergence_report.py --skip-runs              # rebuild reports and the doc only
+    python scripts/convergence_report.py --presets anil_nonconvex --scale full --resume --no-doc  # hours; resumable
 
 Each preset runs as a user would: `metarun -m +experiment=<preset> scale=<scale>
-hydra.sweep.dir=<work-dir>/<preset>` (Omniglot presets with METARUN_DATA=<--data>), and the
-sweep's wall-clock, threads, concurrent jobs and load average go to `<sweep>/timing.json`. Then
-`metarun-report` runs on the sweep, once on the training loss and once on the running mean of the
+hydra.sweep.dir=<work-dir>/<preset>` (`<work-dir>/full/<preset>` for scale=full; Omniglot presets
+with METARUN_DATA=<--data>), and the sweep's wall-clock, threads, concurrent jobs and load
+average go to `<sweep>/timing.json`. Then `metarun-report` runs on the sweep, once on the training loss and once on the running mean of the
 squared meta-gradient norm (`--metric train/grad_sq_mean`). The document's prose lives in
 docs/src/convergence.md; this script supplies only computed blocks (tables, verdicts, figure
 links, measured numbers) through scripts/docgen.py. Verdicts come from the 95% interval of the
@@ -52,6 +53,12 @@ MEASURE_TEXT = {"loss": "training loss", "grad_sq_mean": "mean â€–meta-gradientâ
 PLATEAU_BAND = 0.1     # a curve is flat once it stays within 10% of its total change from its final level
 MIN_TRAIN_SECONDS = 30
 SWEEP_MINUTES = 20
+SCALES = ("quick", "full")
+
+
+def sweep_path(work, preset, scale):
+    """Where a preset's sweep of one scale lives: <work>/<preset> (quick), <work>/full/<preset> (full)."""
+    return work / preset if scale == "quick" else work / "full" / preset
 
 
 # ---------------------------------------------------------------- running
@@ -453,7 +460,7 @@ def timing_row(preset, runs, sweep_dir, scale="quick"):
     declared = declared_jobs(preset, scale)
     failed = sum(r["status"] == "failed" for r in runs)   # the sweep ran them: not a partial sweep
     n_diverged = sum(map(diverged, runs))
-    return {"preset": preset, "runs": f"{len(done)} completed" + (f", {n_diverged} diverged" if n_diverged else "")
+    return {"preset": preset, "scale": scale, "runs": f"{len(done)} completed" + (f", {n_diverged} diverged" if n_diverged else "")
             + (f", {failed - n_diverged} failed" if failed > n_diverged else "") + f" of {declared} declared"
             + (" (partial sweep)" if len(done) + failed < declared else ""),
             "jobs at once": ",".join(sorted({str(p["jobs_at_once"]) for p in parts})) or "?",
@@ -496,8 +503,7 @@ def stationarity_table(groups):
             f"and count as inf, as does a run that diverged (its final level is inf).\n\n" + md_table(rows, list(rows[0])))
 
 
-def section(preset, work, figures):
-    sweep_dir = work / preset
+def section(preset, sweep_dir, figures):
     report_dir = sweep_dir / "report"
     if not (report_dir / "summary.csv").is_file():
         data = "METARUN_DATA=../shared/data " if preset.startswith("omniglot_") else ""
@@ -506,7 +512,7 @@ def section(preset, work, figures):
                 f"`{data}metarun -m +experiment={preset}`.", None, None)
     runs = load_runs(sweep_dir)
     groups = settings_of(runs, sweep_dir)
-    notes = repo_relative((report_dir / "summary.md").read_text().split("\n\n|")[0], work)
+    notes = repo_relative((report_dir / "summary.md").read_text().split("\n\n|")[0], sweep_dir)
     table = pd.read_csv(report_dir / "summary.csv")
     cols = [c for c in ["setting", "runs", "iterations", "final_test_loss", "final_test_accuracy", "ci95", "final_dist_to_opt",
                         "sec_per_iter", "oracle_calls_per_iter", "oracle_cost_per_iter"] if c in table]
@@ -530,10 +536,10 @@ def section(preset, work, figures):
     return text, runs, groups
 
 
-def repo_relative(text, work):
-    """`text` with paths relative to the checkout: this one's, or the one whose outputs/ holds the work
-    dir (a worktree's doc may be built from the sweeps of the main checkout)."""
-    roots = [REPO, work.parent.parent] if work.parent.name == "outputs" else [REPO]
+def repo_relative(text, sweep_dir):
+    """`text` with paths relative to the checkout: this one's, or the one whose outputs/ holds the
+    sweep (a worktree's doc may be built from the sweeps of the main checkout)."""
+    roots = [REPO, *(d.parent for d in sweep_dir.parents if d.name == "outputs")]
     for root in roots:
         text = text.replace(f"{root}/", "")
     return text
@@ -571,19 +577,50 @@ def sweep_target(row):
             f"machine alone), so the {SWEEP_MINUTES}-minute target is not judged here; {train}")
 
 
-def write_doc(work, docs, scale):
+def shown_scale(preset, work):
+    """The scale a preset's section shows, with a line that says which and why: full once its full
+    sweep has run every declared job (completed or failed) and been reported, else quick, with how
+    far the full sweep has got. A full sweep spans sessions (`--resume`), so it is often partial."""
+    full = sweep_path(work, preset, "full")
+    if not full.is_dir():
+        return "quick", "Scale: quick (`scale=full` not run yet)."
+    ran = sum(r["status"] in ("completed", "failed") for r in load_runs(full))
+    declared = declared_jobs(preset, "full")
+    if ran >= declared and (full / "report" / "summary.csv").is_file():
+        return "full", f"Scale: **full** (`scale=full`, {declared} runs). The verdicts table also has this preset's quick rows."
+    return "quick", (f"Scale: quick. The full sweep (`scale=full`) has run {ran} of its {declared} runs; "
+                     "this section shows it once all have.")
+
+
+def write_doc(work, docs):
+    """docs/convergence.md from the sweeps in `work`: each preset's section at the scale `shown_scale`
+    picks; the verdicts and timings at every scale with a complete sweep (quick always)."""
     figures = docs / "convergence"
     figures.mkdir(parents=True, exist_ok=True)
     for png in figures.glob("*.png"):
         png.unlink()
-    blocks, runs_by_preset, groups_by_preset, timing_rows = {"scale": scale}, {}, {}, []
+    blocks, groups_by_sweep, timing_rows, shown = {}, {}, [], {}
+    runs_by_scale = {scale: {} for scale in SCALES}
+
+    def record(preset, scale, runs, groups):
+        runs_by_scale[scale][preset] = runs
+        groups_by_sweep[preset if scale == "quick" else f"{preset} scale={scale}"] = groups
+        timing_rows.append(timing_row(preset, runs, sweep_path(work, preset, scale), scale))
+
     for preset in PRESETS[1:]:
-        text, runs, groups = section(preset, work, figures)
-        blocks[preset] = text
+        scale, note = shown_scale(preset, work)
+        shown[preset] = scale
+        text, runs, groups = section(preset, sweep_path(work, preset, scale), figures)
+        blocks[preset] = f"{note}\n\n{text}"
         if runs is not None:
-            runs_by_preset[preset] = runs
-            groups_by_preset[preset] = groups
-            timing_rows.append(timing_row(preset, runs, work / preset, scale))
+            record(preset, scale, runs, groups)
+        quick = sweep_path(work, preset, "quick")
+        if scale == "full" and (quick / "report" / "summary.csv").is_file():  # a preset shown at full keeps its quick verdicts
+            quick_runs = load_runs(quick)
+            record(preset, "quick", quick_runs, settings_of(quick_runs, quick))
+    full_shown = [p for p, s in shown.items() if s == "full"]
+    blocks["scales"] = ("Every section shows its quick sweep: no full sweep has run to its end yet." if not full_shown else
+                        f"Sections shown at full scale: {', '.join(f'`{p}`' for p in full_shown)}; the others show their quick sweep.")
     # The quadratic: exact dynamics, so its rate table is the point (32 settings of loss curves are unreadable).
     rates_csv = work / "quadratic_1d" / "report" / "contraction.csv"
     if rates_csv.is_file():
@@ -595,17 +632,23 @@ def write_doc(work, docs, scale):
                                      f"({fmt(rates[rates.setting.str.contains('_1d')]['rel_error'].max(), 2)} in 1-D)")
     else:
         blocks["quadratic_1d"] = blocks["quadratic_error"] = "*(not run)*"
-    verdicts = claim_rows(runs_by_preset)
-    blocks["verdicts"] = md_table(verdicts, ["claim", "data set", "comparison", "target", "iterations", "seconds", "oracle cost", "seeds"]) \
-        if verdicts else "*(no claim sweeps run)*"
-    blocks["failed_runs"] = failure_notes(groups_by_preset) if groups_by_preset else "*(no sweeps run)*"
-    ratios = {p: cost_ratio_rows(runs_by_preset[p]) for p in ("anil_vs_maml", "omniglot_anil_vs_maml") if p in runs_by_preset}
+    # Quick and full rows of one claim and data set side by side, quick first.
+    rows = {s: claim_rows(runs_by_scale[s]) for s in SCALES}
+    order = dict.fromkeys((r["claim"], r["data set"]) for s in SCALES for r in rows[s])
+    verdicts = [{**r, "scale": s} for key in order for s in SCALES for r in rows[s] if (r["claim"], r["data set"]) == key]
+    blocks["verdicts"] = md_table(verdicts, ["claim", "data set", "scale", "comparison", "target", "iterations", "seconds", "oracle cost",
+                                             "seeds"]) if verdicts else "*(no claim sweeps run)*"
+    blocks["failed_runs"] = failure_notes(groups_by_sweep) if groups_by_sweep else "*(no sweeps run)*"
+    quick_runs = runs_by_scale["quick"]
+    ratios = {p: cost_ratio_rows(quick_runs[p]) for p in ("anil_vs_maml", "omniglot_anil_vs_maml") if p in quick_runs}
     blocks["claim3_costs"] = "\n\n".join(
         f"{DATA[p]}:\n\n" + md_table(rows, list(rows[0])) for p, rows in ratios.items() if rows) or "*(not run)*"
-    blocks["timings"] = md_table(timing_rows, ["preset", "runs", "jobs at once", "threads per job", "machine", "sweep wall-clock (min)",
+    blocks["timings"] = md_table(timing_rows, ["preset", "scale", "runs", "jobs at once", "threads per job", "machine", "sweep wall-clock (min)",
                                                "train s per run (min-max)", "runs >= 30 s", "load before", "started"]) if timing_rows else "*(not run)*"
-    blocks["targets"] = "\n".join(sweep_target(r) for r in timing_rows if r["preset"].startswith("omniglot_")) or "*(no Omniglot sweep run)*"
-    others = [r for r in timing_rows if not r["preset"].startswith("omniglot_")]
+    # The issue's targets are on the quick sweeps (a full run is as long as its curves need).
+    quick_rows = [r for r in timing_rows if r["scale"] == "quick"]
+    blocks["targets"] = "\n".join(sweep_target(r) for r in quick_rows if r["preset"].startswith("omniglot_")) or "*(no Omniglot sweep run)*"
+    others = [r for r in quick_rows if not r["preset"].startswith("omniglot_")]
     linreg_short = [r for r in others if not r["_min_train"] >= MIN_TRAIN_SECONDS]
     blocks["targets"] += "\n" + ("- no linear-regression or sinusoid sweep run" if not others else
                                  f"- every run of {', '.join(r['preset'] for r in others)} trained >= 30 s" if not linreg_short else "\n".join(
@@ -626,8 +669,10 @@ def default_data():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=PRESETS, choices=PRESETS)
-    parser.add_argument("--scale", default="quick", choices=["quick", "full"])
-    parser.add_argument("--work-dir", default=str(REPO / "outputs" / "convergence"))
+    parser.add_argument("--scale", default="quick", choices=SCALES, help="the scale of the sweeps to run (the doc shows each "
+                        "preset at full once its full sweep is complete, else at quick)")
+    parser.add_argument("--work-dir", default=str(REPO / "outputs" / "convergence"),
+                        help="quick sweeps in <work-dir>/<preset>, full ones in <work-dir>/full/<preset>")
     parser.add_argument("--data", default=default_data(), help="METARUN_DATA for the Omniglot presets (default: $METARUN_DATA, "
                         "else the first ../shared/data above the repository)")
     parser.add_argument("--docs", default=str(REPO / "docs"))
@@ -641,12 +686,13 @@ def main():
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     for preset in args.presets:
+        sweep_dir = sweep_path(work, preset, args.scale)
         if not args.skip_runs:
-            run_sweep(preset, args.scale, work / preset, args.data, args.seeds, args.launcher, args.resume)
-        if (work / preset).is_dir() and (args.seeds is None or args.skip_runs):  # a part of a sweep waits for the rest
-            run_reports(work / preset)
+            run_sweep(preset, args.scale, sweep_dir, args.data, args.seeds, args.launcher, args.resume)
+        if sweep_dir.is_dir() and (args.seeds is None or args.skip_runs):  # a part of a sweep waits for the rest
+            run_reports(sweep_dir)
     if not args.no_doc:
-        write_doc(work, Path(args.docs), args.scale)
+        write_doc(work, Path(args.docs))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ prose cannot drift from the code or the data."""
 import json
 import math
 import re
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -258,8 +259,10 @@ def test_stationarity_table_gives_medians_and_how_many_runs_reached():
 
 
 def test_sweep_paths_are_shown_relative_to_the_checkout_that_holds_them():
-    work = Path("/elsewhere/main/outputs/convergence")
-    assert cr.repo_relative("Sweep: `/elsewhere/main/outputs/convergence/p`;", work) == "Sweep: `outputs/convergence/p`;"
+    sweep = Path("/elsewhere/main/outputs/convergence/p")
+    assert cr.repo_relative("Sweep: `/elsewhere/main/outputs/convergence/p`;", sweep) == "Sweep: `outputs/convergence/p`;"
+    full = Path("/elsewhere/main/outputs/convergence/full/p")  # a full sweep sits one level deeper
+    assert cr.repo_relative(f"Sweep: `{full}`;", full) == "Sweep: `outputs/convergence/full/p`;"
     assert cr.repo_relative(f"Sweep: `{cr.REPO}/outputs/convergence/p`", Path("/tmp/w")) == "Sweep: `outputs/convergence/p`"
 
 
@@ -284,19 +287,19 @@ def test_template_oracle_table_lists_exactly_the_counts_the_code_logs():
 def test_template_holds_no_measured_number_and_the_script_fills_every_placeholder(tmp_path, monkeypatch):
     text = (REPO / "docs" / "src" / "convergence.md").read_text()
     placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", text))
-    assert placeholders == {"scale", "verdicts", "failed_runs", "timings", "targets", "quadratic_error", "quadratic_1d", "claim3_costs",
+    assert placeholders == {"scales", "verdicts", "failed_runs", "timings", "targets", "quadratic_error", "quadratic_1d", "claim3_costs",
                             *cr.PRESETS[1:]}
     # Measured quantities only come from blocks: no "x.y s", "x min" or percentages typed into the prose.
     assert not re.findall(r"\d+(\.\d+)? ?(s|min|seconds|minutes)\b(?! x)", text.replace("30 seconds", ""))
     # With no runs at all, the script still renders a complete document (every block says "not run").
     monkeypatch.setattr(cr, "REPO", REPO)
-    cr.write_doc(tmp_path / "work", tmp_path / "docs", "quick")
+    cr.write_doc(tmp_path / "work", tmp_path / "docs")
     out = (tmp_path / "docs" / "convergence.md").read_text()
     assert "{{" not in out and "not run" in out
 
 
 @pytest.mark.slow  # two tiny sweeps through the CLI, then the whole document
-def test_document_from_tiny_sweeps(tmp_path):
+def test_document_from_tiny_sweeps(tmp_path, monkeypatch):
     work = tmp_path / "work"
     tiny = ["iterations=12", "eval_every=6", "log_every=2", "eval_tasks=4", "meta_batch_size=4", "hydra/launcher=basic", "threads=1"]
     for preset, extra in (("anil_strongly_convex", ["seed=0,1", "algo.inner_steps=1,5"]),
@@ -304,16 +307,40 @@ def test_document_from_tiny_sweeps(tmp_path):
         result = run_metarun("-m", f"+experiment={preset}", *tiny, *extra, f"hydra.sweep.dir={work / preset}", cwd=REPO)
         assert result.returncode == 0, result.stderr[-2000:]
         cr.run_reports(work / preset)
-    cr.write_doc(work, tmp_path / "docs", "quick")
+    cr.write_doc(work, tmp_path / "docs")
     out = (tmp_path / "docs" / "convergence.md").read_text()
-    assert "| 1. strongly convex: faster with larger N | linear regression | N=5 - N=1 |" in out
-    assert "| 3. ANIL cheaper than MAML | linear regression | ANIL - MAML, N=1 |" in out
+    assert "| 1. strongly convex: faster with larger N | linear regression | quick | N=5 - N=1 |" in out
+    assert "| 3. ANIL cheaper than MAML | linear regression | quick | ANIL - MAML, N=1 |" in out
+    assert "| full |" not in out and "Scale: quick (`scale=full` not run yet)." in out
     verdicts = re.findall(r"\*\*(reproduced|contradicted|not resolved)\*\*", out)
     assert verdicts and "{{" not in out
     for table in re.findall(r"((?:^\|.*\|\n)+)", out, flags=re.M):  # no cell breaks its table (a stray "|")
         assert len({line.count("|") for line in table.splitlines()}) == 1, table
     assert (tmp_path / "docs" / "convergence" / "anil_strongly_convex_grad_sq_mean.png").is_file()
     assert (tmp_path / "docs" / "convergence" / "anil_strongly_convex_plateau.png").is_file()
+
+    # A full sweep (here the same 4 jobs, declared as the whole full sweep) replaces the quick one in
+    # its section, and adds its own verdict and timing rows beside the quick ones.
+    monkeypatch.setattr(cr, "declared_jobs", lambda preset, scale: 4)
+    full = cr.sweep_path(work, "anil_strongly_convex", "full")
+    shutil.copytree(work / "anil_strongly_convex", full)
+    cr.write_doc(work, tmp_path / "docs")
+    out = (tmp_path / "docs" / "convergence.md").read_text()
+    section = out.split("### Linear regression (preset `anil_strongly_convex`)")[1].split("###")[0]
+    assert "Scale: **full** (`scale=full`, 4 runs)" in section
+    for scale in ("quick", "full"):
+        assert f"| 1. strongly convex: faster with larger N | linear regression | {scale} | N=5 - N=1 |" in out
+        assert f"| anil_strongly_convex | {scale} | 4 completed of 4 declared |" in out
+    assert "| 3. ANIL cheaper than MAML | linear regression | full |" not in out  # no full anil_vs_maml sweep
+    assert "Sections shown at full scale: `anil_strongly_convex`" in out
+    # One job of the full sweep not finished: the section falls back to quick and says how far the full sweep got.
+    job = next(d for d in full.iterdir() if (d / "summary.json").is_file())
+    summary = json.loads((job / "summary.json").read_text())
+    (job / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    cr.write_doc(work, tmp_path / "docs")
+    out = (tmp_path / "docs" / "convergence.md").read_text()
+    assert "Scale: quick. The full sweep (`scale=full`) has run 3 of its 4 runs" in out
+    assert "| full |" not in out
 
 
 def test_a_resumed_sweep_keeps_its_runs_and_adds_a_timing_part(tmp_path, monkeypatch):
