@@ -2,6 +2,7 @@
 difference, stopped runs listed with their resume command, eager and compiled runs timed apart, and
 the speed target judged on the benchmark's compiled ratio."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +12,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ALGOS = {"ppo": {"_target_": "metarun.algos.ppo.PPO"},
          "lirpg": {"_target_": "metarun.algos.lirpg.LIRPG", "r_ex_coef": 0.0, "r_in_coef": 1.0, "meta_step": True},
+         "lirpg_mixed": {"_target_": "metarun.algos.lirpg.LIRPG", "r_ex_coef": 1.0, "r_in_coef": 0.01, "meta_step": True},
          "lirpg_frozen": {"_target_": "metarun.algos.lirpg.LIRPG", "r_ex_coef": 0.0, "r_in_coef": 1.0, "meta_step": False}}
 
 
-def fake_run(root, arm, seed, final, compiled=False, iterations=3, stopped_at=None, reward_delay=20):
-    run = root / f"{arm}_{'c' if compiled else 'e'}_d{reward_delay}" / str(seed)
+def fake_run(root, arm, seed, final, compiled=False, iterations=3, stopped_at=None, reward_delay=20, env_id="Hopper-v5"):
+    run = root / (f"{arm}_{'c' if compiled else 'e'}_d{reward_delay}" + ("" if env_id == "Hopper-v5" else f"_{env_id}")) / str(seed)
     run.mkdir(parents=True)
     algo = {**ALGOS[arm], "nsteps": 2048, "compile": compiled}
     cfg = {"seed": seed, "iterations": iterations, "checkpoint_every": 1,
-           "task": {"_target_": "metarun.tasks.mujoco_delayed.MujocoDelayed", "env_id": "Hopper-v5", "reward_delay": reward_delay}, "algo": algo}
+           "task": {"_target_": "metarun.tasks.mujoco_delayed.MujocoDelayed", "env_id": env_id, "reward_delay": reward_delay}, "algo": algo}
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     done = iterations if stopped_at is None else stopped_at
     rows = [{"iteration": i, "train/env_steps": 2048 * i, "train/episodes": 10 * i, "train/return": final * i / iterations}
@@ -75,3 +77,23 @@ def test_report_judges_arms_lists_stopped_runs_and_times_eager_and_compiled_apar
     assert "both with `algo.compile=true` (what the 1M-step presets run): **1.80x** (target <= 2x: **met**)" in doc
     missed = render(tmp_path, bench(1.5, 2.3))
     assert "**2.30x** (target <= 2x: **missed**)" in missed
+
+
+def test_the_page_says_when_the_protocol_is_complete_and_what_is_left_until_then(tmp_path):
+    runs = tmp_path / "runs"
+    for env_id in ("Hopper-v5", "HalfCheetah-v5"):
+        for arm in ("ppo", "lirpg", "lirpg_mixed", "lirpg_frozen"):
+            for seed in range(5):
+                if (env_id, arm, seed) != ("HalfCheetah-v5", "lirpg_frozen", 4):
+                    fake_run(runs, arm, seed, 1000 + 10 * seed, env_id=env_id)
+    doc = render(tmp_path, bench(2.7, 1.8))
+    assert ("task.env_id=HalfCheetah-v5 algo=lirpg_frozen seed=4 hydra.sweep.dir=outputs/lirpg/halfcheetah_lirpg_frozen" in doc
+            and "what ran is what fitted" in doc and "protocol is complete" not in doc)
+    fake_run(runs, "lirpg_frozen", 4, 1040, env_id="HalfCheetah-v5", stopped_at=2)
+    doc = render(tmp_path, bench(2.7, 1.8))
+    assert "every missing seed has a stopped run to resume" in doc and "protocol is complete" not in doc
+    shutil.rmtree(runs / "lirpg_frozen_e_d20_HalfCheetah-v5" / "4")  # resumed to its end
+    fake_run(runs, "lirpg_frozen", 4, 1040, env_id="HalfCheetah-v5")
+    doc = render(tmp_path, bench(2.7, 1.8))
+    assert "The protocol is complete: every arm has finished seeds 0, 1, 2, 3, 4 on Hopper-v5 and HalfCheetah-v5." in doc
+    assert "To complete the protocol" not in doc and "what ran is what fitted" not in doc
