@@ -1,6 +1,6 @@
 """Peer check of metarun's PPO against Stable-Baselines3's PPO on the undelayed environment.
 
-    python scripts/sb3_peer.py --seeds 0 1 2 --out outputs/lirpg/peer      # needs: pip install -e ".[bench]"
+    python scripts/sb3_peer.py --seeds 0 1 2 3 4 --out outputs/lirpg/peer     # needs: pip install -e ".[bench]"
 
 For each seed, runs metarun's PPO (`+experiment=ppo_hopper_delayed scale=full task.reward_delay=1`)
 and then SB3's PPO with the same settings and budget, one after the other in this process on one
@@ -62,7 +62,7 @@ def run_sb3(env_id, seed, iterations):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--env", default="Hopper-v5")
     parser.add_argument("--out", default="outputs/lirpg/peer")
     parser.add_argument("--iterations", type=int, default=ITERATIONS, help="updates of 2048 steps (488: the paper's 1M)")
