@@ -22,6 +22,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,6 +73,9 @@ def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None, resume=
     jobs at once, the CPU slots it held (cpujob's METARUN_CPUJOB_SLOTS) and the load average.
     """
     resume = resume and (sweep_dir / "multirun.yaml").is_file()  # --resume on a sweep never started starts it
+    if resume and seeds is None and finished_jobs(sweep_dir) >= declared_jobs(preset, scale):
+        print(f"  {preset}: every job of {sweep_dir} has finished; nothing to resume", flush=True)
+        return None
     if seeds is None and sweep_dir.exists() and not resume:
         shutil.rmtree(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,8 @@ def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None, resume=
     # a resumed part adds to the part it continues; a part run anew replaces the one with its seeds
     path.write_text(json.dumps([p for p in parts if resume or p["seeds"] != part["seeds"]] + [part], indent=2))
     print(f"  {preset}: exit {part['exit_code']} after {part['wall_seconds']:.0f} s", flush=True)
+    if part["interrupted"]:  # recorded, so that a sweep resumed later counts this part's wall-clock too
+        raise KeyboardInterrupt
     return part
 
 
@@ -449,6 +455,15 @@ def declared_jobs(preset, scale):
     return math.prod(len(str(v).split(",")) for v in params.values())
 
 
+def finished_jobs(sweep_dir):
+    """How many jobs of a sweep have run to their end: completed or diverged (`counted`), what a
+    resumed sweep skips (metarun.cli.sweep_job_step); a job that failed otherwise would run again."""
+    try:
+        return sum(map(counted, load_runs(sweep_dir)))
+    except mr.ReportError:  # no sweep dir, or no job started in it yet
+        return 0
+
+
 def timing_row(preset, runs, sweep_dir, scale="quick"):
     """The conditions a sweep ran under and its timings: from timing.json (one entry per part) and the runs."""
     path = sweep_dir / "timing.json"
@@ -579,13 +594,12 @@ def sweep_target(row):
 
 def shown_scale(preset, work):
     """The scale a preset's section shows, with a line that says which and why: full once its full
-    sweep has run every declared job (completed or failed) and been reported, else quick, with how
+    sweep has finished every declared job (`finished_jobs`) and been reported, else quick, with how
     far the full sweep has got. A full sweep spans sessions (`--resume`), so it is often partial."""
     full = sweep_path(work, preset, "full")
     if not full.is_dir():
         return "quick", "Scale: quick (`scale=full` not run yet)."
-    ran = sum(r["status"] in ("completed", "failed") for r in load_runs(full))
-    declared = declared_jobs(preset, "full")
+    ran, declared = finished_jobs(full), declared_jobs(preset, "full")
     if ran >= declared and (full / "report" / "summary.csv").is_file():
         return "full", f"Scale: **full** (`scale=full`, {declared} runs). The verdicts table also has this preset's quick rows."
     return "quick", (f"Scale: quick. The full sweep (`scale=full`) has run {ran} of its {declared} runs; "
@@ -683,6 +697,7 @@ def main():
                         "instead of starting them anew: killed jobs resume, finished ones are skipped; a sweep not started yet starts")
     parser.add_argument("--launcher", default=None, choices=["basic", "joblib"], help="override the presets' launcher (basic: one job at a time)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops a sweep as Ctrl-C does: its time so far recorded
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     for preset in args.presets:

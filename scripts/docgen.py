@@ -52,11 +52,15 @@ def md_table(rows, columns):
 def timed_run(cmd, log, env, cwd=ROOT):
     """Run `cmd` with its output to the open file `log`; return its exit code and wall-clock with what the
     process can know of the machine: the CPU slots it held (cpujob's METARUN_CPUJOB_SLOTS), the cores,
-    and the load average before and after. The scripts that time sweeps for the docs record this."""
+    and the load average before and after. The scripts that time sweeps for the docs record this.
+    Interrupted (Ctrl-C), it kills `cmd` and returns its time so far with `interrupted` set."""
     print("+ " + " ".join(cmd), flush=True)
     load_before, t0 = os.getloadavg()[0], time.time()
-    rc = subprocess.call(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return {"command": " ".join(cmd), "exit_code": rc, "wall_seconds": time.time() - t0,
+    try:
+        rc = subprocess.call(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    except KeyboardInterrupt:  # subprocess.call has killed `cmd`; the time it ran still counts (the caller decides what next)
+        rc = 130               # the shell's exit code for SIGINT
+    return {"command": " ".join(cmd), "exit_code": rc, "wall_seconds": time.time() - t0, "interrupted": rc == 130,
             "cpu_slots": os.environ.get("METARUN_CPUJOB_SLOTS"), "cpus": os.cpu_count(), "load_before": load_before,
             "load_after": os.getloadavg()[0], "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0))}
 

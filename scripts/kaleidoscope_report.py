@@ -374,11 +374,11 @@ def time_quick(sweep):
     sweep.mkdir(parents=True, exist_ok=True)
     with open(sweep / "sweep.log", "w") as log:
         timing = timed_run(cmd, log, {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}, cwd=None)
-    (sweep / "timing.json").write_text(json.dumps(timing, indent=2))
     rc = timing["exit_code"]
     print(f"quick sweep: exit {rc} after {timing['wall_seconds'] / 60:.1f} min", flush=True)
-    if rc:
+    if rc:  # a failed or interrupted sweep's time is not the preset's duration: not recorded
         raise SystemExit(f"kaleidoscope_report: error: the quick sweep failed (exit {rc}); see {sweep / 'sweep.log'}")
+    (sweep / "timing.json").write_text(json.dumps(timing, indent=2))
 
 
 def quick_blocks(runs_by_scenario, sweep):

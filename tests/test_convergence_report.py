@@ -349,7 +349,9 @@ def test_a_resumed_sweep_keeps_its_runs_and_adds_a_timing_part(tmp_path, monkeyp
 
     def fake_run(cmd, log, env, cwd):
         commands.append(cmd)
-        return {"command": " ".join(cmd), "exit_code": 0, "wall_seconds": 60.0 * len(commands), "cpu_slots": "2", "cpus": 2}
+        killed = "seed=4" in cmd  # the part a session ends with: interrupted (docgen.timed_run returns its time so far)
+        return {"command": " ".join(cmd), "exit_code": 130 if killed else 0, "wall_seconds": 60.0 * len(commands), "cpu_slots": "2",
+                "cpus": 2, "interrupted": killed}
 
     monkeypatch.setattr(cr, "timed_run", fake_run)
     sweep = tmp_path / "anil_nonconvex"
@@ -364,3 +366,17 @@ def test_a_resumed_sweep_keeps_its_runs_and_adds_a_timing_part(tmp_path, monkeyp
     cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path)  # anew: the old sweep goes, its timing with it
     assert not (sweep / "s0_0").exists()
     assert [p["wall_seconds"] for p in json.loads((sweep / "timing.json").read_text())] == [180.0]
+    # An interrupted part is recorded before the interruption goes on (it stops the campaign).
+    with pytest.raises(KeyboardInterrupt):
+        cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path, seeds="4")
+    parts = json.loads((sweep / "timing.json").read_text())
+    assert [(p["seeds"], p["wall_seconds"], p["interrupted"]) for p in parts] == [("all", 180.0, False), ("4", 240.0, True)]
+    # Every declared job finished (completed or diverged): --resume has nothing to run and adds no part.
+    (sweep / "multirun.yaml").write_text("{}")
+    job = sweep / "s4_0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=4\n")
+    (job / "summary.json").write_text(json.dumps({"status": "completed"}))
+    monkeypatch.setattr(cr, "declared_jobs", lambda preset, scale: 1)
+    assert cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path, resume=True) is None
+    assert len(commands) == 4 and json.loads((sweep / "timing.json").read_text()) == parts

@@ -1,11 +1,14 @@
 """scripts/docgen.py: templates filled with computed blocks, and refusals when they do not match."""
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from docgen import md_table, render  # noqa: E402
+from docgen import md_table, render, timed_run  # noqa: E402
 
 
 def test_render_fills_placeholders_and_marks_the_file_generated(tmp_path):
@@ -25,3 +28,20 @@ def test_render_refuses_missing_and_unused_blocks(tmp_path, blocks, message):
     with pytest.raises(KeyError, match=message):
         render(template, tmp_path / "o.md", blocks)
     assert not (tmp_path / "o.md").exists()
+
+
+def test_an_interrupted_timed_run_kills_its_command_and_returns_its_time_so_far(tmp_path):
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))  # Ctrl-C a second in
+    timer.start()
+    try:
+        with open(tmp_path / "log", "w") as log:
+            timing = timed_run([sys.executable, "-c", "import time; time.sleep(60)"], log, dict(os.environ), cwd=tmp_path)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert timing["interrupted"] and timing["exit_code"] == 130
+    assert 0.9 <= timing["wall_seconds"] < 30  # the command did not run its 60 s
+    with open(tmp_path / "log", "w") as log:
+        done = timed_run([sys.executable, "-c", "raise SystemExit(3)"], log, dict(os.environ), cwd=tmp_path)
+    assert not done["interrupted"] and done["exit_code"] == 3
