@@ -18,6 +18,7 @@ resolved" when it covers 0. Runs that diverged (metarun.train stopped them on a 
 gradient) count as censored too, not as absent; runs that failed otherwise are left out and listed.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -441,6 +442,7 @@ def plot_plateaus(rows, path, title):
     plt.close(fig)
 
 
+@functools.lru_cache  # asked by run_sweep, shown_scale and timing_row; each ask composes the config
 def declared_jobs(preset, scale):
     """How many jobs the preset's own sweep declares (hydra.sweeper.params), to show a sweep that is not complete."""
     from hydra import compose, initialize_config_module

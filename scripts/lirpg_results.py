@@ -328,8 +328,9 @@ def cost_line(runs, peer_dir, complete):
                "fitted in the CPU time this work was given (two cores shared by several engineers), as listed above."))
 
 
-def what_ran(envs, runs, stopped):
-    """Seeds per arm (0 included) for every environment, and every run that stopped or failed."""
+def what_ran(envs, runs, stopped, commands):
+    """Seeds per arm (0 included) for every environment, every run that stopped or failed, and the
+    `commands` (`missing_seed_commands`) that start the seeds with no run yet."""
     rows = []
     for env_id, delay in envs:
         for arm, label in ARMS.items():
@@ -357,7 +358,6 @@ def what_ran(envs, runs, stopped):
             rows.append({"env": env_id, "arm": ARMS[arm], "seed": r["seed"], "run dir": f"`{r['dir']}`", "state": state,
                          "to finish": command})
         lines.append(md_table(rows, ["env", "arm", "seed", "run dir", "state", "to finish"]))
-    commands = missing_seed_commands(runs, stopped)
     if commands or resumable(stopped):
         lines.append("\nTo complete the protocol (5 seeds per arm on Hopper-v5 and HalfCheetah-v5), resume the stopped runs "
                      "above and run the seeds that have no run yet, then rerun this script:\n")
@@ -405,9 +405,10 @@ def main():
         figure(env_id, delay, runs, stopped, png)
         figures.append(f"![{env_id}](lirpg/{png.name})")
     table, outcomes = verdicts(envs, runs)
-    complete = not missing_seed_commands(runs, stopped) and not resumable(stopped)
+    commands = missing_seed_commands(runs, stopped)
+    complete = not commands and not resumable(stopped)
     peer_table, peer_line = peer_block(args.peer)
-    blocks = {"what_ran": what_ran(envs, runs, stopped), "cost": cost_line(runs, args.peer, complete),
+    blocks = {"what_ran": what_ran(envs, runs, stopped, commands), "cost": cost_line(runs, args.peer, complete),
               "figures": "\n\n".join(figures) or "No finished 1M-step run yet.",
               "final_table": "\n\n".join(b for b in (final_table(envs, runs) if envs else "No finished 1M-step run yet.",
                                                  interim_table(envs, runs, stopped)) if b),
