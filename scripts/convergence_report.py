@@ -1,15 +1,18 @@
 """Run the convergence presets and write docs/convergence.md from the template docs/src/convergence.md.
 
     python scripts/convergence_report.py                          # every preset, then the doc
-    cpujob -n 2 -- python scripts/convergence_report.py --presets omniglot_anil_nonconvex --no-doc
-    python scripts/convergence_report.py --skip-runs              # rebuild reports and the doc only
+    python scripts/convergence_report.py --presets omniglot_anil_nonconvex --no-doc
+    python scripts/convergence_report.py --skip-runs              # rebuild reports and the doc only (from the kept run data)
     python scripts/convergence_report.py --presets anil_nonconvex --scale full --resume --no-doc  # hours; resumable
 
 Each preset runs as a user would: `metarun -m +experiment=<preset> scale=<scale>
 hydra.sweep.dir=<work-dir>/<preset>` (`<work-dir>/full/<preset>` for scale=full; Omniglot presets
 with METARUN_DATA=<--data>), and the sweep's wall-clock, threads, concurrent jobs and load
 average go to `<sweep>/timing.json`. Then `metarun-report` runs on the sweep, once on the training loss and once on the running mean of the
-squared meta-gradient norm (`--metric train/grad_sq_mean`). The document's prose lives in
+squared meta-gradient norm (`--metric train/grad_sq_mean`). Each sweep's run data is kept in the
+repository, `docs/convergence/sweeps/<scale>/<preset>.tar.xz` (written after every sweep or part of
+one, interrupted ones included); a work dir that lacks a sweep gets it from there, so the page can be
+rebuilt, and a full sweep continued, on a fresh checkout. The document's prose lives in
 docs/src/convergence.md; this script supplies only computed blocks (tables, verdicts, figure
 links, measured numbers) through scripts/docgen.py. Verdicts come from the 95% interval of the
 shift between two settings' times to a target over seeds (Hodges-Lehmann with the exact
@@ -20,6 +23,7 @@ gradient) count as censored too, not as absent; runs that failed otherwise are l
 import argparse
 import functools
 import json
+import lzma
 import math
 import os
 import shutil
@@ -27,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import matplotlib
@@ -103,10 +108,67 @@ def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None, resume=
     return part
 
 
+REPORTS = {"report": [], "report_grad": ["--metric", "train/grad_sq_mean", "--smooth", "1"]}  # dir in the sweep: metarun-report's extra args
+
+
 def run_reports(sweep_dir):
-    for extra, out in (([], "report"), (["--metric", "train/grad_sq_mean", "--smooth", "1"], "report_grad")):
+    for out, extra in REPORTS.items():
         cmd = [sys.executable, "-m", "metarun.report", str(sweep_dir), "--dpi", "80", "--out", str(sweep_dir / out), *extra]
         subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- run data kept in the repository
+
+def archive_path(docs, preset, scale):
+    """Where a sweep's run data is kept: <docs>/convergence/sweeps/<scale>/<preset>.tar.xz."""
+    return docs / "convergence" / "sweeps" / scale / f"{preset}.tar.xz"
+
+
+def archive_sweep(sweep_dir, path):
+    """Keep a sweep's run data beside the page it feeds, so that the page can be rebuilt from it
+    (`--skip-runs`) and a full sweep spread over sessions goes on (`--resume`) on any checkout: what
+    metarun-report and a resumed sweep read (overrides, configs, metrics, summaries, multirun.yaml,
+    timing.json), and the checkpoints of the jobs that have not finished, so that they resume exactly
+    rather than from the start. Left out: finished jobs' checkpoints, the reports (run_reports rebuilds
+    them) and W&B dirs. Owners are dropped and files added in sorted order, so an unchanged sweep gives
+    the same bytes; the archive is written beside its place, then renamed into it."""
+    try:
+        finished = {d.name for d in mr.job_dirs(sweep_dir) if counted(mr.load_run(d))}
+    except mr.ReportError:  # no job has started yet: only multirun.yaml, timing.json
+        finished = set()
+
+    def keep(info):
+        parts = Path(info.name).parts
+        if parts and (parts[0] in REPORTS or "wandb" in parts or (parts[0] in finished and info.name.endswith(".pt"))):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tarfile.open(tmp, "w:xz") as tar:
+        tar.add(sweep_dir, arcname=".", filter=keep)
+    os.replace(tmp, path)
+    return path
+
+
+def restore_sweep(path, sweep_dir):
+    """Unpack a kept sweep into `sweep_dir` if the work dir has no such sweep (local runs are never
+    overwritten); unpacked beside it, then renamed, so a failed unpack leaves nothing half-there."""
+    if sweep_dir.exists() or not path.is_file():
+        return False
+    tmp = sweep_dir.with_name(sweep_dir.name + ".unpacking")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with tarfile.open(path) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"convergence_report: cannot unpack {path} ({e}); restore it with `git checkout -- {path}` or delete it", file=sys.stderr)
+        raise SystemExit(2) from None
+    os.replace(tmp, sweep_dir)
+    return True
 
 
 # ---------------------------------------------------------------- analysis (pure: tested in tests/test_convergence_report.py)
@@ -700,16 +762,27 @@ def main():
     parser.add_argument("--launcher", default=None, choices=["basic", "joblib"], help="override the presets' launcher (basic: one job at a time)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops a sweep as Ctrl-C does: its time so far recorded
-    work = Path(args.work_dir).resolve()
+    work, docs = Path(args.work_dir).resolve(), Path(args.docs).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    restored = set()
+    for preset in PRESETS:  # the kept run data of every sweep the work dir lacks: the page reads them all
+        for scale in SCALES:
+            if restore_sweep(archive_path(docs, preset, scale), sweep_path(work, preset, scale)):
+                print(f"  {preset} ({scale}): restored from {archive_path(docs, preset, scale)}", flush=True)
+                run_reports(sweep_path(work, preset, scale))
+                restored.add(sweep_path(work, preset, scale))
     for preset in args.presets:
         sweep_dir = sweep_path(work, preset, args.scale)
         if not args.skip_runs:
-            run_sweep(preset, args.scale, sweep_dir, args.data, args.seeds, args.launcher, args.resume)
-        if sweep_dir.is_dir() and (args.seeds is None or args.skip_runs):  # a part of a sweep waits for the rest
-            run_reports(sweep_dir)
+            try:
+                run_sweep(preset, args.scale, sweep_dir, args.data, args.seeds, args.launcher, args.resume)
+            finally:  # an interrupted sweep too: what it ran is kept, and resumes on another checkout
+                if sweep_dir.is_dir():
+                    print(f"  {preset}: run data kept in {archive_sweep(sweep_dir, archive_path(docs, preset, args.scale))}", flush=True)
+        if sweep_dir.is_dir() and (args.seeds is None or args.skip_runs) and not (args.skip_runs and sweep_dir in restored):
+            run_reports(sweep_dir)  # not for a part of a sweep (it waits for the rest), nor again for one just restored
     if not args.no_doc:
-        write_doc(work, Path(args.docs))
+        write_doc(work, docs)
 
 
 if __name__ == "__main__":

@@ -380,3 +380,74 @@ def test_a_resumed_sweep_keeps_its_runs_and_adds_a_timing_part(tmp_path, monkeyp
     monkeypatch.setattr(cr, "declared_jobs", lambda preset, scale: 1)
     assert cr.run_sweep("anil_nonconvex", "full", sweep, tmp_path, resume=True) is None
     assert len(commands) == 4 and json.loads((sweep / "timing.json").read_text()) == parts
+
+
+def fake_job(sweep, name, status, seed):
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(f"- seed={seed}\n")
+    (job / "summary.json").write_text(json.dumps({"status": status, "iteration": 40}))
+    (job / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "train/loss": 1 / (i + 1)}) + "\n" for i in range(0, 40, 10)))
+    for checkpoint in ("checkpoint.pt", "best.pt"):
+        (job / checkpoint).write_bytes(b"weights of " + name.encode())
+    return job
+
+
+def test_kept_run_data_rebuilds_a_sweep_and_resumes_its_unfinished_jobs(tmp_path, capsys):
+    sweep = tmp_path / "work" / "full" / "anil_nonconvex"
+    done, killed = fake_job(sweep, "s0_0", "completed", 0), fake_job(sweep, "s1_1", "interrupted", 1)
+    (sweep / "multirun.yaml").write_text("{}")
+    (sweep / "timing.json").write_text("[]")
+    (sweep / "report").mkdir()
+    (sweep / "report" / "summary.csv").write_text("x\n")
+    (done / "wandb").mkdir()
+    (done / "wandb" / "run.wandb").write_text("x")
+    kept = cr.archive_path(tmp_path / "docs", "anil_nonconvex", "full")
+    assert cr.archive_sweep(sweep, kept) == kept and list(kept.parent.iterdir()) == [kept]  # no temporary file left
+    first = kept.read_bytes()
+    cr.archive_sweep(sweep, kept)
+    assert kept.read_bytes() == first  # an unchanged sweep gives the same bytes: no churn in git
+
+    other = tmp_path / "fresh" / "full" / "anil_nonconvex"
+    assert cr.restore_sweep(kept, other)
+    files = sorted(str(p.relative_to(other)) for p in other.rglob("*") if p.is_file())
+    assert files == ["multirun.yaml", "s0_0/.hydra/overrides.yaml", "s0_0/metrics.jsonl", "s0_0/summary.json",
+                     "s1_1/.hydra/overrides.yaml", "s1_1/best.pt", "s1_1/checkpoint.pt", "s1_1/metrics.jsonl", "s1_1/summary.json",
+                     "timing.json"]
+    assert (other / "s1_1" / "checkpoint.pt").read_bytes() == (killed / "checkpoint.pt").read_bytes()
+    assert cr.finished_jobs(other) == 1 and [r["job"] for r in cr.load_runs(other)] == ["s0_0", "s1_1"]
+    # A work dir that has the sweep keeps its own runs; no archive, nothing to restore.
+    (other / "s0_0" / "metrics.jsonl").write_text("local\n")
+    assert not cr.restore_sweep(kept, other) and (other / "s0_0" / "metrics.jsonl").read_text() == "local\n"
+    assert not cr.restore_sweep(tmp_path / "none.tar.xz", tmp_path / "elsewhere") and not (tmp_path / "elsewhere").exists()
+    # A corrupt archive: one line naming it, exit 2, and no half-unpacked sweep.
+    kept.write_bytes(first[: len(first) // 2])
+    with pytest.raises(SystemExit) as exit_:
+        cr.restore_sweep(kept, tmp_path / "third")
+    assert exit_.value.code == 2 and str(kept) in capsys.readouterr().err
+    assert not any(p.name.startswith("third") for p in tmp_path.iterdir())
+
+
+def test_every_sweep_run_is_kept_even_an_interrupted_one_and_a_fresh_checkout_gets_it_back(tmp_path, monkeypatch):
+    def fake_run(cmd, log, env, cwd):  # a session that ends while a job runs: metarun leaves a killed job behind
+        sweep = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
+        (sweep / "multirun.yaml").write_text("{}")
+        fake_job(sweep, "s0_0", "interrupted", 0)
+        return {"command": " ".join(cmd), "exit_code": 130, "wall_seconds": 60.0, "cpu_slots": "2", "cpus": 2, "interrupted": True}
+
+    reported = []
+    monkeypatch.setattr(cr, "timed_run", fake_run)
+    monkeypatch.setattr(cr, "run_reports", reported.append)
+    args = ["--presets", "anil_nonconvex", "--scale", "full", "--resume", "--no-doc", "--work-dir", str(tmp_path / "work"),
+            "--docs", str(tmp_path / "docs")]
+    monkeypatch.setattr(sys, "argv", ["convergence_report.py", *args])
+    with pytest.raises(KeyboardInterrupt):
+        cr.main()
+    kept = cr.archive_path(tmp_path / "docs", "anil_nonconvex", "full")
+    assert kept.is_file() and reported == []
+    shutil.rmtree(tmp_path / "work")  # a fresh checkout: the work dir is gone, the kept data is not
+    monkeypatch.setattr(sys, "argv", ["convergence_report.py", *args, "--skip-runs"])
+    cr.main()
+    sweep = tmp_path / "work" / "full" / "anil_nonconvex"
+    assert reported == [sweep] and (sweep / "s0_0" / "checkpoint.pt").is_file()
+    assert json.loads((sweep / "timing.json").read_text())[0]["interrupted"]
