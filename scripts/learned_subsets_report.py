@@ -218,7 +218,7 @@ def linreg_section(sweep_dir, figures_dir):
     walls = [r["summary"]["wall_time"] for r in done]
     partial = (f"; **not run** (the compute budget of this branch): arms {', '.join(missing)}, and seeds beyond "
                f"{', '.join(map(str, seeds))} of the preset's {cfg.scales[cfg.scale].seeds}: the full quick-scale sweep is "
-               "`cpujob -- python scripts/learned_subsets_report.py --only linreg --no-doc` "
+               "`python scripts/learned_subsets_report.py --only linreg --no-doc` "
                f"(measured here: {sum(walls) / len(walls):.0f} s of wall time per run on one thread while other jobs shared the 2 cores; "
                f"{len(ARMS) * n_seeds} runs)"
                if missing or len(seeds) < n_seeds else "")
@@ -303,7 +303,7 @@ def layer_values(run, prefix):
     return out
 
 
-OMNIGLOT_COMMAND = ("cpujob -- metarun -m +experiment=learned_subsets_omniglot threads=1 progress=false hydra.launcher.n_jobs=1 "
+OMNIGLOT_COMMAND = ("metarun -m +experiment=learned_subsets_omniglot threads=1 progress=false hydra.launcher.n_jobs=1 "
                     "task.root=$METARUN_DATA hydra.sweep.dir=outputs/learned_subsets/omniglot")
 
 

@@ -634,7 +634,7 @@ def not_run_block(groups):
         seed_var = f'SEEDS="{" ".join(map(str, seeds))}" ' if seeds and seeds != want else ""
         base_var = "" if bases else "BASELINES=0 "
         lines.append(f"- {TITLES[env]}: {'; '.join(what)}: `ENVS={env} {seed_var}{base_var}ABLATIONS=0 "
-                     f"RUNNER=\"cpujob --\" bash scripts/lifetime_runs.sh`")
+                     f"bash scripts/lifetime_runs.sh`")
     abl = OmegaConf.load(ROOT / "conf" / "experiment" / "lifetime_ablations.yaml")
     want = [int(x) for x in str(abl.scales.quick.seeds).split(",")]
     g = groups.get(abl.task.env, {})
@@ -643,7 +643,7 @@ def not_run_block(groups):
     if missing:
         what = "; ".join(f"{LABELS[a]} seeds {m}" for a, m in missing.items())
         lines.append(f"- ablations ({TITLES[abl.task.env]}): {what}: `ENVS=\"\" ARMS=\"{' '.join(missing)}\" "
-                     f"RUNNER=\"cpujob --\" bash scripts/lifetime_runs.sh`")
+                     f"bash scripts/lifetime_runs.sh`")
     if not lines:
         return "Every run of the quick protocol completed."
     return ("These runs of the quick protocol (5 seeds per learned arm, `scale=quick`) did not run for lack of "
