@@ -670,6 +670,20 @@ def shown_scale(preset, work):
                      "this section shows it once all have.")
 
 
+def kept_text(work, docs):
+    """Which sweeps behind the page have their run data kept, and which do not (run before it was
+    kept, or not run): the sentence that says how far `--skip-runs` can rebuild this page."""
+    sweeps = [(p, s) for p in PRESETS for s in SCALES if (sweep_path(work, p, s) / "multirun.yaml").is_file()]
+    kept = [(p, s) for p in PRESETS for s in SCALES if archive_path(docs, p, s).is_file()]
+    if not sweeps and not kept:
+        return "No sweep has run yet."
+    name = lambda p, s: f"`{p}`" + (" (full)" if s == "full" else "")  # noqa: E731
+    lost = [name(p, s) for p, s in sweeps if (p, s) not in kept]
+    size = sum(archive_path(docs, p, s).stat().st_size for p, s in kept) / 1e6
+    return (f"Kept: {mr.plural(len(kept), 'sweep')} ({size:.1f} MB)" + (f": {', '.join(name(p, s) for p, s in kept)}." if kept else ".")
+            + (f" Not kept (in this work dir only): {', '.join(lost)}." if lost else ""))
+
+
 def write_doc(work, docs):
     """docs/convergence.md from the sweeps in `work`: each preset's section at the scale `shown_scale`
     picks; the verdicts and timings at every scale with a complete sweep (quick always)."""
@@ -696,6 +710,7 @@ def write_doc(work, docs):
         if scale == "full" and (quick / "report" / "summary.csv").is_file():  # a preset shown at full keeps its quick verdicts
             quick_runs = load_runs(quick)
             record(preset, "quick", quick_runs, settings_of(quick_runs, quick))
+    blocks["kept"] = kept_text(work, docs)
     full_shown = [p for p, s in shown.items() if s == "full"]
     blocks["scales"] = ("Every section shows its quick sweep: no full sweep has run to its end yet." if not full_shown else
                         f"Sections shown at full scale: {', '.join(f'`{p}`' for p in full_shown)}; the others show their quick sweep.")

@@ -287,7 +287,7 @@ def test_template_oracle_table_lists_exactly_the_counts_the_code_logs():
 def test_template_holds_no_measured_number_and_the_script_fills_every_placeholder(tmp_path, monkeypatch):
     text = (REPO / "docs" / "src" / "convergence.md").read_text()
     placeholders = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", text))
-    assert placeholders == {"scales", "verdicts", "failed_runs", "timings", "targets", "quadratic_error", "quadratic_1d", "claim3_costs",
+    assert placeholders == {"scales", "kept", "verdicts", "failed_runs", "timings", "targets", "quadratic_error", "quadratic_1d", "claim3_costs",
                             *cr.PRESETS[1:]}
     # Measured quantities only come from blocks: no "x.y s", "x min" or percentages typed into the prose.
     assert not re.findall(r"\d+(\.\d+)? ?(s|min|seconds|minutes)\b(?! x)", text.replace("30 seconds", ""))
@@ -407,6 +407,11 @@ def test_kept_run_data_rebuilds_a_sweep_and_resumes_its_unfinished_jobs(tmp_path
     first = kept.read_bytes()
     cr.archive_sweep(sweep, kept)
     assert kept.read_bytes() == first  # an unchanged sweep gives the same bytes: no churn in git
+    # The page says which of its sweeps can be rebuilt from kept data, and which exist only in the work dir.
+    (tmp_path / "work" / "anil_nonconvex").mkdir()
+    (tmp_path / "work" / "anil_nonconvex" / "multirun.yaml").write_text("{}")
+    text = cr.kept_text(tmp_path / "work", tmp_path / "docs")
+    assert text.startswith("Kept: 1 sweep (") and text.endswith(": `anil_nonconvex` (full). Not kept (in this work dir only): `anil_nonconvex`.")
 
     other = tmp_path / "fresh" / "full" / "anil_nonconvex"
     assert cr.restore_sweep(kept, other)
