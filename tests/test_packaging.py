@@ -1,4 +1,5 @@
 """conf/ ships inside the wheel, so a non-editable install composes the same configs."""
+import site
 import subprocess
 import sys
 import zipfile
@@ -19,7 +20,12 @@ def test_wheel_contains_every_config_and_runs_without_the_source_tree(tmp_path):
     assert configs and configs <= names
     # Install it into a fresh environment that sees the dependencies but not this checkout.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # The dependencies from this interpreter's site-packages, whether that is the system's or a venv's
+    # (--system-site-packages would see only the base interpreter's): plain paths in a .pth file, after the
+    # new venv's own site-packages, and without running this environment's .pth hooks (its editable metarun).
+    site_dir = next((venv / "lib").glob("python*/site-packages"))
+    (site_dir / "parent_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True)
     work = tmp_path / "elsewhere"
     work.mkdir()
