@@ -133,7 +133,7 @@ def archive_sweep(sweep_dir, path):
     them) and W&B dirs. Owners are dropped and files added in sorted order, so an unchanged sweep gives
     the same bytes; the archive is written beside its place, then renamed into it."""
     try:
-        finished = {d.name for d in mr.job_dirs(sweep_dir) if counted(mr.load_run(d))}
+        finished = {r["job"] for r in load_runs(sweep_dir) if counted(r)}
     except mr.ReportError:  # no job has started yet: only multirun.yaml, timing.json
         finished = set()
 
@@ -779,13 +779,16 @@ def main():
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops a sweep as Ctrl-C does: its time so far recorded
     work, docs = Path(args.work_dir).resolve(), Path(args.docs).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    # The kept run data of each sweep the work dir lacks: every sweep when the page is written (it reads
+    # them all), else only those this call runs or reports.
+    needed = [(p, s) for p in PRESETS for s in SCALES] if not args.no_doc else [(p, args.scale) for p in args.presets]
     restored = set()
-    for preset in PRESETS:  # the kept run data of every sweep the work dir lacks: the page reads them all
-        for scale in SCALES:
-            if restore_sweep(archive_path(docs, preset, scale), sweep_path(work, preset, scale)):
-                print(f"  {preset} ({scale}): restored from {archive_path(docs, preset, scale)}", flush=True)
-                run_reports(sweep_path(work, preset, scale))
-                restored.add(sweep_path(work, preset, scale))
+    for preset, scale in needed:
+        kept, sweep_dir = archive_path(docs, preset, scale), sweep_path(work, preset, scale)
+        if restore_sweep(kept, sweep_dir):
+            print(f"  {preset} ({scale}): restored from {kept}", flush=True)
+            run_reports(sweep_dir)
+            restored.add(sweep_dir)
     for preset in args.presets:
         sweep_dir = sweep_path(work, preset, args.scale)
         if not args.skip_runs:
