@@ -1,7 +1,7 @@
 """Seconds per meta-iteration of the learned adapt rules against MAML on conv4 (issue 14).
 
     python scripts/bench_adapt_rules.py [--repeats 7] [--threads 2] [--ways 5] [--json out.json]
-    cpujob -n 2 -- python scripts/bench_adapt_rules.py --threads 2      # a quiet machine
+    python scripts/bench_adapt_rules.py --threads 2      # with nothing else running on the machine
 
 Times `MAML.step(batch)` (second order, Adam outer optimizer, the rule's tensors in their own
 group) with `algo.adapt_rule` = fixed (MAML), meta_sgd, sparse and threshold, on the shape of

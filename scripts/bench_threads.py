@@ -1,8 +1,8 @@
 """The thread rule of `threads=auto` (metarun/threads.py), measured: quiet and beside a busy process.
 
-    cpujob -n 2 -- python scripts/bench_threads.py [--part steps|runs|both] [--iterations 2000] [--repeats 2]
+    python scripts/bench_threads.py [--part steps|runs|both] [--iterations 2000] [--repeats 2]
 
-Run it holding the whole machine (`cpujob -n 2`): "loaded" then means exactly one other busy
+Run it with nothing else on the machine: "loaded" then means exactly one other busy
 process (a Python busy loop this script starts) beside the measured one. OMP_NUM_THREADS and
 MKL_NUM_THREADS are removed first, so torch and `threads=auto` see a plain machine.
 
@@ -75,8 +75,8 @@ class Others:
 class Busy:
     """`n` busy-loop processes for the duration of a `with` block.
 
-    Before it, wait (up to `wait` seconds) until the machine is quiet: other people's jobs that do
-    not go through cpujob would otherwise make a "quiet" figure a loaded one. `idle_before` records
+    Before it, wait (up to `wait` seconds) until the machine is quiet: other jobs would
+    otherwise make a "quiet" figure a loaded one. `idle_before` records
     the cores idle just before, printed beside every figure.
     """
 

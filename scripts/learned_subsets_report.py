@@ -5,11 +5,11 @@
     python scripts/learned_subsets_report.py --only linreg --no-doc  # run one study's sweep only
 
 Each sweep runs as a user would: `metarun -m +experiment=learned_subsets_<study> scale=<scale>
-hydra.sweep.dir=<work-dir>/<study> hydra.launcher.n_jobs=1` (one job at a time: run it under
-`cpujob`, which gives it one core). Omniglot reads the shared alphabets from `--data` (default
+hydra.sweep.dir=<work-dir>/<study> hydra.launcher.n_jobs=1` (one job at a time, so it holds one
+core). Omniglot reads the shared alphabets from `--data` (default
 $METARUN_DATA). The speed section reads `<work-dir>/bench.json`, written by
 
-    cpujob -n 2 -- python scripts/bench_adapt_rules.py --threads 2 --json outputs/learned_subsets/bench.json
+    python scripts/bench_adapt_rules.py --threads 2 --json outputs/learned_subsets/bench.json   # the machine alone
 
 Everything in the document that is a number comes from those runs: tables and figures from
 metrics.jsonl / summary.json / the checkpoints, verdicts from metarun.stats on the seeds (linear

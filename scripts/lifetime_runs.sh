@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The runs behind docs/lifetime_rewards.md (issue 12). Each run is its own command, so that a lane of
-# a shared machine can take them one at a time: RUNNER="cpujob --quick" bash scripts/lifetime_runs.sh
+# a shared machine can take them one at a time through a queue, e.g. RUNNER="srun --cpus-per-task=1" bash scripts/lifetime_runs.sh
 # A run that already completed is skipped. SCALE=quick|full sets the presets' length; SEEDS the seeds;
 # ENVS the environments; BASELINES=0 skips the baselines, ABLATIONS=0 the ablations (so that a lane
 # can take a few runs per job: ENVS=key_box SEEDS="2 3 4" BASELINES=0 ABLATIONS=0 ...); ARMS the ablation arms.
