@@ -70,7 +70,8 @@ def job_dirs(sweep_dir):
     dirs = [d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()]
     if not dirs:
         raise ReportError(f"{sweep_dir} has no runs (no <job>/.hydra/overrides.yaml): is it a metarun multirun dir?")
-    return sorted(dirs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit() else 0, d.name))
+    # Numbers inside names compare as numbers, so jobs come in job order: 2 before 10, s0_5 before s0_10.
+    return sorted(dirs, key=lambda d: [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", d.name))])
 
 
 def read_jsonl(path):

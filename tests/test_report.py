@@ -210,3 +210,14 @@ def test_runs_without_metrics_are_one_line_exit_2(sweep, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"metarun-report: error: nothing to report: none of the 4 runs in {copy} "
                                                    "has logged any metrics")
+
+
+def test_job_dirs_come_in_job_number_order_within_each_name_pattern(tmp_path):
+    # The convergence presets name jobs s${seed}_${hydra.job.num}; plain name order put s0_10 before s0_5, so
+    # the settings (grouped in job order) came out as N = 1, 10, 20, 5 in every table and legend.
+    names = ["s0_10", "s0_5", "s0_0", "s1_1", "s0_15", "10", "2", "0"]
+    for name in names:
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (tmp_path / "not_a_job").mkdir()
+    assert [d.name for d in report.job_dirs(tmp_path)] == ["0", "2", "10", "s0_0", "s0_5", "s0_10", "s0_15", "s1_1"]
