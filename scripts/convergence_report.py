@@ -803,5 +803,15 @@ def main():
         write_doc(work, docs)
 
 
+def cli():
+    """main(), with an interruption (Ctrl-C, or `kill`: see the SIGTERM handler) told in one line and
+    exit 130 instead of a traceback: the sweep's run data and its time so far are already kept."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("convergence_report.py: interrupted; the run data so far is kept (continue with --resume)", file=sys.stderr)
+        sys.exit(130)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

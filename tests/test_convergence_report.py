@@ -433,7 +433,7 @@ def test_kept_run_data_rebuilds_a_sweep_and_resumes_its_unfinished_jobs(tmp_path
     assert not any(p.name.startswith("third") for p in tmp_path.iterdir())
 
 
-def test_every_sweep_run_is_kept_even_an_interrupted_one_and_a_fresh_checkout_gets_it_back(tmp_path, monkeypatch):
+def test_every_sweep_run_is_kept_even_an_interrupted_one_and_a_fresh_checkout_gets_it_back(tmp_path, monkeypatch, capsys):
     def fake_run(cmd, log, env, cwd):  # a session that ends while a job runs: metarun leaves a killed job behind
         sweep = Path(next(c for c in cmd if c.startswith("hydra.sweep.dir=")).split("=", 1)[1])
         (sweep / "multirun.yaml").write_text("{}")
@@ -446,8 +446,10 @@ def test_every_sweep_run_is_kept_even_an_interrupted_one_and_a_fresh_checkout_ge
     args = ["--presets", "anil_nonconvex", "--scale", "full", "--resume", "--no-doc", "--work-dir", str(tmp_path / "work"),
             "--docs", str(tmp_path / "docs")]
     monkeypatch.setattr(sys, "argv", ["convergence_report.py", *args])
-    with pytest.raises(KeyboardInterrupt):
-        cr.main()
+    with pytest.raises(SystemExit) as exit_:  # the interruption told in one line, exit 130, no traceback
+        cr.cli()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 130 and err.count("\n") == 1 and "interrupted" in err and "Traceback" not in err
     kept = cr.archive_path(tmp_path / "docs", "anil_nonconvex", "full")
     assert kept.is_file() and reported == []
     shutil.rmtree(tmp_path / "work")  # a fresh checkout: the work dir is gone, the kept data is not
