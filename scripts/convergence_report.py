@@ -809,7 +809,7 @@ def cli():
     try:
         main()
     except KeyboardInterrupt:
-        print("convergence_report.py: interrupted; the run data so far is kept (continue with --resume)", file=sys.stderr)
+        print("convergence_report: interrupted; the run data so far is kept (continue with --resume)", file=sys.stderr)
         sys.exit(130)
 
 
