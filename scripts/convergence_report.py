@@ -225,6 +225,44 @@ def has_diverged(curve):
     return math.isinf(final(curve))
 
 
+def spike_share(curve):
+    """The share of a run's sum of squared meta-gradient norms (running mean x iterations) that falls in
+    its largest logging window after the first; nan for a diverged run or one with a single window.
+    Near 1 when the running mean records one spike (a single meta-batch's meta-gradient)
+    rather than the level training settled at. The first window is left out: it holds the start's
+    transient, which the paper's average over iterations rightly counts."""
+    if has_diverged(curve) or len(curve) < 2:
+        return math.nan
+    sums = (curve["value"] * curve["iteration"]).to_numpy(dtype=float)
+    return max(b - a for a, b in zip(sums, sums[1:])) / sums[-1] if sums[-1] > 0 else math.nan
+
+
+# More than half of a run's sum of ||g||^2 in one logging window: the running mean is that spike's
+# record, so a gradient-norm verdict whose settings' median run is so (claim_rows) is withheld.
+SPIKE_SHARE = 0.5
+
+
+def median_spike_share(curves):
+    """The median `spike_share` over the runs that did not diverge; nan when all did."""
+    shares = [x for x in map(spike_share, curves) if not math.isnan(x)]
+    return float(statistics.median(shares)) if shares else math.nan
+
+
+def late_grad_sq(run, last=0.2):
+    """The median of the squared meta-gradient norms logged (`train/grad_norm`, one meta-batch each) over
+    the run's last fifth: a level that one spike cannot set. +inf for a diverged run, nan when not logged."""
+    if diverged(run):
+        return math.inf
+    m = run["metrics"]
+    if "train/grad_norm" not in m:
+        return math.nan
+    rows = m[m["train/grad_norm"].notna()]
+    if rows.empty:
+        return math.nan
+    late = rows[rows["iteration"] >= (1 - last) * rows["iteration"].iloc[-1]]
+    return float((late["train/grad_norm"] ** 2).median())
+
+
 def compare_to_target(curves_a, curves_b, claimed):
     """Claim: setting A reaches a common target with `claimed` ("less"/"greater") x than B, on every axis.
 
@@ -337,7 +375,7 @@ def excluded(runs):
 
 def cell(result, axis):
     """'**verdict**: estimate [low, high]', or why there is no interval."""
-    if result["target"] is None:
+    if result["target"] is None or result.get("spike"):
         return "no verdict"
     r, (n_a, n_b) = result[axis], result["n"]
     if stats.mann_whitney_critical(n_a, n_b) == 0:
@@ -349,6 +387,9 @@ def cell(result, axis):
 def target_cell(result, measure):
     if result["target"] is None:
         return f"{MEASURE_TEXT[measure]}: no target, most runs of both settings diverged"
+    if result.get("spike"):
+        shares = ", ".join(f"{label} {fmt(x, 2)}" for label, x in result["spike"].items())
+        return f"{MEASURE_TEXT[measure]}: no verdict, a running mean set by one spike (median largest-window share {shares})"
     return f"{MEASURE_TEXT[measure]} <= {fmt(result['target'])}"
 
 
@@ -390,7 +431,11 @@ def claim_rows(runs_by_preset):
                 a = curves_of(select(runs, **{"algo.inner_steps": large}), measure)
                 b = curves_of(select(runs, **{"algo.inner_steps": small}), measure)
                 if len(a) >= 2 and len(b) >= 2:
-                    rows.append(verdict_row(claim, preset, f"N={large} - N={small}", measure, compare_to_target(a, b, claimed)))
+                    result = compare_to_target(a, b, claimed)
+                    if measure == "grad_sq_mean":
+                        shares = {f"N={large}": median_spike_share(a), f"N={small}": median_spike_share(b)}
+                        result["spike"] = shares if any(x > SPIKE_SHARE for x in shares.values()) else None
+                    rows.append(verdict_row(claim, preset, f"N={large} - N={small}", measure, result))
     for preset in ("anil_vs_maml", "omniglot_anil_vs_maml"):
         runs = runs_by_preset.get(preset)
         if not runs:
@@ -554,6 +599,13 @@ def timing_row(preset, runs, sweep_dir, scale="quick"):
             "_jobs": {p["jobs_at_once"] for p in parts}}
 
 
+SPIKE_TEXT = ("The last two columns say whether a running mean measures where training went. \"Largest-window share\": the "
+              "share of a run's sum of ‖g‖² that falls in its largest logging window (`log_every` iterations) after the first, "
+              "which holds the start's transient (diverged runs left out). Near 1, one spike (a single meta-batch's meta-gradient) "
+              "sets the running mean, and its level and the iterations to a target say little about stationarity. The median of "
+              "the ‖g‖² logged over the run's last fifth (one meta-batch each) is a level no single spike sets.")
+
+
 def stationarity_table(groups):
     """Per setting: how many runs' running mean of the squared meta-gradient norm ends at or below a
     common target (`target_level` over all settings, so a setting most of whose runs diverged sets
@@ -572,14 +624,17 @@ def stationarity_table(groups):
             row["reached"] = int(sum(final(c) <= target for c in cs))
             for axis, name in AXES.items():
                 row[f"median {name} to target"] = fmt(statistics.median(first_reach(c, target, axis) for c in cs))
+        row["median largest-window share"] = fmt(median_spike_share(cs), 2)
+        late = [x for x in (late_grad_sq(r) for r in groups[label] if counted(r)) if not math.isnan(x)]
+        row["median ‖g‖², last fifth"] = fmt(statistics.median_high(late)) if late else "-"
         rows.append(row)
     if target is None:
         return ("\n\nStationarity: no target, most runs of every setting diverged (a diverged run's final level "
-                "counts as inf).\n\n" + md_table(rows, list(rows[0])))
+                f"counts as inf). {SPIKE_TEXT}\n\n" + md_table(rows, list(rows[0])))
     return (f"\n\nStationarity: from where each run's running mean of the squared meta-gradient norm stays at or below "
             f"{fmt(target)} (the highest finite one of the settings' median final levels; for an even number of runs, the upper "
             f"middle one), median over seeds. \"reached\": the runs that end at or below it; the others are censored "
-            f"and count as inf, as does a run that diverged (its final level is inf).\n\n" + md_table(rows, list(rows[0])))
+            f"and count as inf, as does a run that diverged (its final level is inf). {SPIKE_TEXT}\n\n" + md_table(rows, list(rows[0])))
 
 
 def section(preset, sweep_dir, figures):
