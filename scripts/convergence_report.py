@@ -253,14 +253,11 @@ def late_grad_sq(run, last=0.2):
     the run's last fifth: a level that one spike cannot set. +inf for a diverged run, nan when not logged."""
     if diverged(run):
         return math.inf
-    m = run["metrics"]
-    if "train/grad_norm" not in m:
+    c = run_curve(run, "train/grad_norm")
+    if c is None or c.empty:
         return math.nan
-    rows = m[m["train/grad_norm"].notna()]
-    if rows.empty:
-        return math.nan
-    late = rows[rows["iteration"] >= (1 - last) * rows["iteration"].iloc[-1]]
-    return float((late["train/grad_norm"] ** 2).median())
+    late = c[c["iteration"] >= (1 - last) * c["iteration"].iloc[-1]]
+    return float((late["value"] ** 2).median())
 
 
 def compare_to_target(curves_a, curves_b, claimed):
