@@ -58,6 +58,7 @@ AXES = {"iteration": "iterations", "time": "seconds", "oracle_cost": "oracle cos
 MEASURES = {"loss": ("train/loss", 5), "grad_sq_mean": ("train/grad_sq_mean", 1), "dist_to_opt": ("train/dist_to_opt", 1)}
 MEASURE_TEXT = {"loss": "training loss", "grad_sq_mean": "mean ‖meta-gradient‖²", "dist_to_opt": "dist_to_opt"}
 PLATEAU_BAND = 0.1     # a curve is flat once it stays within 10% of its total change from its final level
+LAST_PART = 0.2        # a run's last fifth: a curve flat only there has not flattened (plateau); its settled ||g||^2 (late_grad_sq)
 MIN_TRAIN_SECONDS = 30
 SWEEP_MINUTES = 20
 SCALES = ("quick", "full")
@@ -132,10 +133,7 @@ def archive_sweep(sweep_dir, path):
     rather than from the start. Left out: finished jobs' checkpoints, the reports (run_reports rebuilds
     them) and W&B dirs. Owners are dropped and files added in sorted order, so an unchanged sweep gives
     the same bytes; the archive is written beside its place, then renamed into it."""
-    try:
-        finished = {r["job"] for r in load_runs(sweep_dir) if counted(r)}
-    except mr.ReportError:  # no job has started yet: only multirun.yaml, timing.json
-        finished = set()
+    finished = {r["job"] for r in sweep_runs(sweep_dir) if counted(r)}  # none yet: only multirun.yaml, timing.json
 
     def keep(info):
         parts = Path(info.name).parts
@@ -248,7 +246,7 @@ def median_spike_share(curves):
     return float(statistics.median(shares)) if shares else math.nan
 
 
-def late_grad_sq(run, last=0.2):
+def late_grad_sq(run, last=LAST_PART):
     """The median of the squared meta-gradient norms logged (`train/grad_norm`, one meta-batch each) over
     the run's last fifth: a level that one spike cannot set. +inf for a diverged run, nan when not logged."""
     if diverged(run):
@@ -304,7 +302,7 @@ def assumed_order_pairs(curves_a, curves_b, target, axis):
 
 def plateau(iterations, values, band=PLATEAU_BAND):
     """First iteration from which `values` stay within `band` x (total change) of their final level,
-    or None when that happens only in the last fifth of the run (the curve has not flattened)."""
+    or None when that happens only in the run's last part (LAST_PART: the curve has not flattened)."""
     values = pd.Series(list(values), dtype=float)
     iterations = list(iterations)
     if len(values) < 5:
@@ -313,7 +311,7 @@ def plateau(iterations, values, band=PLATEAU_BAND):
     tolerance = band * abs(values.iloc[0] - end)
     outside = [i for i, v in enumerate(values) if abs(v - end) > tolerance]
     start = 0 if not outside else outside[-1] + 1
-    if start >= len(values) or iterations[start] > 0.8 * iterations[-1]:
+    if start >= len(values) or iterations[start] > (1 - LAST_PART) * iterations[-1]:
         return None
     return iterations[start]
 
@@ -503,6 +501,14 @@ def load_runs(sweep_dir):
     return [mr.load_run(d) for d in mr.job_dirs(sweep_dir)]
 
 
+def sweep_runs(sweep_dir):
+    """load_runs, or [] when the sweep has no runs yet (no sweep dir, or no job started in it)."""
+    try:
+        return load_runs(sweep_dir)
+    except mr.ReportError:
+        return []
+
+
 def settings_of(runs, sweep_dir):
     _, groups = mr.group_runs(runs, mr.declared_sweep(sweep_dir)[1])
     return groups
@@ -564,10 +570,7 @@ def declared_jobs(preset, scale):
 def finished_jobs(sweep_dir):
     """How many jobs of a sweep have run to their end: completed or diverged (`counted`), what a
     resumed sweep skips (metarun.cli.sweep_job_step); a job that failed otherwise would run again."""
-    try:
-        return sum(map(counted, load_runs(sweep_dir)))
-    except mr.ReportError:  # no sweep dir, or no job started in it yet
-        return 0
+    return sum(map(counted, sweep_runs(sweep_dir)))
 
 
 def timing_row(preset, runs, sweep_dir, scale="quick"):
@@ -634,14 +637,16 @@ def stationarity_table(groups):
             f"and count as inf, as does a run that diverged (its final level is inf). {SPIKE_TEXT}\n\n" + md_table(rows, list(rows[0])))
 
 
-def section(preset, sweep_dir, figures):
+def section(preset, sweep_dir, figures, runs=None):
+    """(text, runs, groups) of a preset's section from its sweep in `sweep_dir`; `runs`: that sweep's
+    runs when the caller has read them already."""
     report_dir = sweep_dir / "report"
     if not (report_dir / "summary.csv").is_file():
         data = "METARUN_DATA=../shared/data " if preset.startswith("omniglot_") else ""
         return (f"*Not run for this version of the page* (no sweep in the work dir). It runs with "
                 f"`{data}python scripts/convergence_report.py --presets {preset} --no-doc`, or as a user would with "
                 f"`{data}metarun -m +experiment={preset}`.", None, None)
-    runs = load_runs(sweep_dir)
+    runs = load_runs(sweep_dir) if runs is None else runs
     groups = settings_of(runs, sweep_dir)
     notes = repo_relative((report_dir / "summary.md").read_text().split("\n\n|")[0], sweep_dir)
     table = pd.read_csv(report_dir / "summary.csv")
@@ -709,17 +714,20 @@ def sweep_target(row):
 
 
 def shown_scale(preset, work):
-    """The scale a preset's section shows, with a line that says which and why: full once its full
-    sweep has finished every declared job (`finished_jobs`) and been reported, else quick, with how
-    far the full sweep has got. A full sweep spans sessions (`--resume`), so it is often partial."""
+    """(scale, note, runs): the scale a preset's section shows, with a line that says which and why, and
+    the full sweep's runs when that is the one shown (read once, here), else None. Full once its full
+    sweep has finished every declared job (`counted`, as `finished_jobs` counts) and been reported, else
+    quick, with how far the full sweep has got. A full sweep spans sessions (`--resume`), so it is often
+    partial."""
     full = sweep_path(work, preset, "full")
     if not full.is_dir():
-        return "quick", "Scale: quick (`scale=full` not run yet)."
-    ran, declared = finished_jobs(full), declared_jobs(preset, "full")
+        return "quick", "Scale: quick (`scale=full` not run yet).", None
+    runs = sweep_runs(full)
+    ran, declared = sum(map(counted, runs)), declared_jobs(preset, "full")
     if ran >= declared and (full / "report" / "summary.csv").is_file():
-        return "full", f"Scale: **full** (`scale=full`, {declared} runs). The verdicts table also has this preset's quick rows."
+        return "full", f"Scale: **full** (`scale=full`, {declared} runs). The verdicts table also has this preset's quick rows.", runs
     return "quick", (f"Scale: quick. The full sweep (`scale=full`) has run {ran} of its {declared} runs; "
-                     "this section shows it once all have.")
+                     "this section shows it once all have."), None
 
 
 def kept_text(work, docs):
@@ -752,9 +760,9 @@ def write_doc(work, docs):
         timing_rows.append(timing_row(preset, runs, sweep_path(work, preset, scale), scale))
 
     for preset in PRESETS[1:]:
-        scale, note = shown_scale(preset, work)
+        scale, note, full_runs = shown_scale(preset, work)
         shown[preset] = scale
-        text, runs, groups = section(preset, sweep_path(work, preset, scale), figures)
+        text, runs, groups = section(preset, sweep_path(work, preset, scale), figures, full_runs)
         blocks[preset] = f"{note}\n\n{text}"
         if runs is not None:
             record(preset, scale, runs, groups)
