@@ -50,8 +50,11 @@ from metarun import stats  # noqa: E402
 
 LINREG = ["anil_strongly_convex", "anil_nonconvex", "anil_vs_maml", "step_size", "adapted_subsets"]
 OMNIGLOT = [f"omniglot_{p}" for p in LINREG]
-PRESETS = ["quadratic_1d", *LINREG, *OMNIGLOT]
-DATA = {**{p: "linear regression" for p in LINREG}, **{p: "Omniglot" for p in OMNIGLOT}}
+# Claim 3 on linear regression again, at a common inner step size chosen on validation (MAML diverges at
+# anil_vs_maml's): the selection sweep, quick scale only, then the comparison at the step it selects.
+LR_SELECTION, SELECTED_LR = "anil_vs_maml_lr_selection", "anil_vs_maml_selected_lr"
+PRESETS = ["quadratic_1d", *LINREG, LR_SELECTION, SELECTED_LR, *OMNIGLOT]
+DATA = {**{p: "linear regression" for p in [*LINREG, LR_SELECTION, SELECTED_LR]}, **{p: "Omniglot" for p in OMNIGLOT}}
 DATA["adapted_subsets"] = "sinusoid"
 AXES = {"iteration": "iterations", "time": "seconds", "oracle_cost": "oracle cost"}
 # (name, logged column, rolling mean over logged points): the curves a target is set on.
@@ -431,18 +434,69 @@ def claim_rows(runs_by_preset):
                         shares = {f"N={large}": median_spike_share(a), f"N={small}": median_spike_share(b)}
                         result["spike"] = shares if any(x > SPIKE_SHARE for x in shares.values()) else None
                     rows.append(verdict_row(claim, preset, f"N={large} - N={small}", measure, result))
-    for preset in ("anil_vs_maml", "omniglot_anil_vs_maml"):
+    for preset in ("anil_vs_maml", SELECTED_LR, "omniglot_anil_vs_maml"):
         runs = runs_by_preset.get(preset)
         if not runs:
             continue
+        # the selected step is named in the row: the data set column alone would not tell it from anil_vs_maml's
+        alpha = f", alpha={runs[0]['config'].algo.inner_lr:g}" if preset == SELECTED_LR else ""
         for n in sorted({int(r["overrides"]["algo.inner_steps"]) for r in runs}):
             for measure in ("loss", "dist_to_opt"):
                 a = curves_of(select(runs, method="anil", **{"algo.inner_steps": n}), measure)
                 b = curves_of(select(runs, method="maml", **{"algo.inner_steps": n}), measure)
                 if len(a) >= 2 and len(b) >= 2:
-                    rows.append(verdict_row("3. ANIL cheaper than MAML", preset, f"ANIL - MAML, N={n}", measure,
+                    rows.append(verdict_row("3. ANIL cheaper than MAML", preset, f"ANIL - MAML, N={n}{alpha}", measure,
                                             compare_to_target(a, b, "less")))
     return rows
+
+
+def final_val_loss(run):
+    """A run's last validation loss (`eval/loss`, on the validation tasks): +inf for a run that diverged,
+    nan for one that has not completed or never evaluated."""
+    if diverged(run):
+        return math.inf
+    c = run_curve(run, "eval/loss") if run["status"] == "completed" else None
+    return math.nan if c is None or c.empty else float(c["value"].iloc[-1])
+
+
+def select_inner_lr(runs):
+    """anil_vs_maml_lr_selection's rule: among the alphas none of whose runs diverged, the one whose worst
+    N has the lowest median `final_val_loss` (the larger alpha on a tie). Returns (alpha, rows): one row
+    per alpha for the page; alpha is None while a run has not finished, or when a run diverged at
+    every alpha."""
+    ns = sorted({int(r["overrides"]["algo.inner_steps"]) for r in runs})
+    rows = []
+    for alpha in sorted({float(r["overrides"]["algo.inner_lr"]) for r in runs}):
+        row, medians, diverged_runs = {"alpha": fmt(alpha), "_alpha": alpha}, [], 0
+        for n in ns:
+            losses = [final_val_loss(r) for r in select(runs, **{"algo.inner_steps": n}) if float(r["overrides"]["algo.inner_lr"]) == alpha]
+            medians.append(statistics.median(losses) if losses and not any(map(math.isnan, losses)) else math.nan)
+            diverged_runs += sum(map(math.isinf, losses))
+            row[f"N={n}"] = f"{fmt(medians[-1])} ({sum(map(math.isinf, losses))} of {len(losses)} diverged)"
+        row["_worst"] = math.nan if any(map(math.isnan, medians)) else max(medians)
+        row["_diverged"] = diverged_runs
+        row["worst N"] = fmt(row["_worst"])
+        rows.append(row)
+    eligible = [r for r in rows if r["_diverged"] == 0]
+    if any(math.isnan(r["_worst"]) for r in rows) or not eligible:
+        return None, rows
+    return min(eligible, key=lambda r: (r["_worst"], -r["_alpha"]))["_alpha"], rows
+
+
+def selection_text(runs):
+    """The selection sweep's table, the alpha the rule selects and whether SELECTED_LR runs at it."""
+    alpha, rows = select_inner_lr(runs)
+    used = float(preset_config(SELECTED_LR, "quick").algo.inner_lr)
+    if alpha is None:
+        pick = ("The rule selects no alpha: " + ("a run of the sweep has not finished." if any(math.isnan(r["_worst"]) for r in rows)
+                else "a run diverged at every alpha."))
+    else:
+        pick = (f"The rule selects **alpha = {fmt(alpha)}**; `{SELECTED_LR}` runs at alpha = {fmt(used)}"
+                + (", the selected one." if math.isclose(alpha, used) else
+                   ", **not the selected one**: its verdicts are not on the step this sweep chose."))
+    return ("\n\nStep selection: MAML's final validation loss (the last `eval/loss`, on validation tasks), median over the "
+            "sweep's seeds, per alpha and N; a diverged run counts as inf. Of the alphas at which no run diverged, the rule "
+            "takes the one whose worst N is lowest. " + pick + "\n\n" + md_table(rows, [c for c in rows[0] if not c.startswith("_")]))
 
 
 def verdict_row(claim, preset, comparison, measure, result):
@@ -552,9 +606,9 @@ def plot_plateaus(rows, path, title):
     plt.close(fig)
 
 
-@functools.lru_cache  # asked by run_sweep, shown_scale and timing_row; each ask composes the config
-def declared_jobs(preset, scale):
-    """How many jobs the preset's own sweep declares (hydra.sweeper.params), to show a sweep that is not complete."""
+@functools.lru_cache  # asked by run_sweep, shown_scale, timing_row and the step selection; each ask composes the config
+def preset_config(preset, scale):
+    """The preset's config as `metarun -m +experiment=<preset> scale=<scale>` composes it, hydra's included."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
@@ -562,8 +616,12 @@ def declared_jobs(preset, scale):
 
     GlobalHydra.instance().clear()
     with initialize_config_module("metarun.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"+experiment={preset}", f"scale={scale}"], return_hydra_config=True)
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+        return compose("config", overrides=[f"+experiment={preset}", f"scale={scale}"], return_hydra_config=True)
+
+
+def declared_jobs(preset, scale):
+    """How many jobs the preset's own sweep declares (hydra.sweeper.params), to show a sweep that is not complete."""
+    params = OmegaConf.select(preset_config(preset, scale), "hydra.sweeper.params") or {}
     return math.prod(len(str(v).split(",")) for v in params.values())
 
 
@@ -720,6 +778,8 @@ def shown_scale(preset, work):
     quick, with how far the full sweep has got. A full sweep spans sessions (`--resume`), so it is often
     partial."""
     full = sweep_path(work, preset, "full")
+    if preset == LR_SELECTION:
+        return "quick", "Scale: quick (a selection sweep: it runs at quick scale only).", None
     if not full.is_dir():
         return "quick", "Scale: quick (`scale=full` not run yet).", None
     runs = sweep_runs(full)
@@ -763,7 +823,7 @@ def write_doc(work, docs):
         scale, note, full_runs = shown_scale(preset, work)
         shown[preset] = scale
         text, runs, groups = section(preset, sweep_path(work, preset, scale), figures, full_runs)
-        blocks[preset] = f"{note}\n\n{text}"
+        blocks[preset] = f"{note}\n\n{text}" + (selection_text(runs) if preset == LR_SELECTION and runs is not None else "")
         if runs is not None:
             record(preset, scale, runs, groups)
         quick = sweep_path(work, preset, "quick")

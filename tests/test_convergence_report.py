@@ -218,6 +218,49 @@ def test_a_failure_other_than_divergence_is_left_out_and_listed():
             "loader's cache") in notes
 
 
+def selection_runs(final_losses, alpha):
+    """MAML runs of the step-size selection at one alpha: {N: [final validation loss per seed]}; None: diverged."""
+    runs = []
+    for n, losses in final_losses.items():
+        for seed, loss in enumerate(losses):
+            m = pd.DataFrame({"iteration": [10, 20, 30], "time": [1.0, 2.0, 3.0], "train/loss": [3.0, 2.0, 1.0],
+                              "eval/loss": [9.0, math.nan, 9.0 if loss is None else loss]})  # the last evaluation counts
+            run = {"overrides": {"algo.inner_steps": str(n), "algo.inner_lr": str(alpha), "seed": str(5 + seed), "method": "maml"},
+                   "status": "completed", "error": "", "summary": {}, "job": f"s{seed}_{n}_{alpha}", "metrics": m}
+            runs.append(diverge(run) if loss is None else run)
+    return runs
+
+
+def test_step_selection_takes_the_alpha_without_diverged_runs_whose_worst_n_is_lowest():
+    runs = (selection_runs({5: [1.0, 1.2, 1.1], 10: [0.9, 0.8, 1.0]}, 0.01)        # medians 1.1, 0.9: worst 1.1
+            + selection_runs({5: [0.7, 0.8, 0.6], 10: [0.5, 0.6, None]}, 0.02)     # lower medians (0.7, 0.6), but a run diverged
+            + selection_runs({5: [1.5, 1.4, 1.6], 10: [1.3, 1.2, 1.1]}, 0.005))    # worst 1.5
+    alpha, rows = cr.select_inner_lr(runs)
+    assert alpha == 0.01
+    assert [r["alpha"] for r in rows] == ["0.005", "0.01", "0.02"]
+    assert rows[2]["N=10"] == "0.6 (1 of 3 diverged)" and rows[2]["worst N"] == "0.7"
+    assert rows[1]["N=5"] == "1.1 (0 of 3 diverged)" and rows[1]["worst N"] == "1.1"
+    # Equal worst medians: the larger alpha (fewer iterations to adapt as far).
+    tie = selection_runs({5: [1.1, 1.1, 1.1]}, 0.01) + selection_runs({5: [1.0, 1.1, 1.2]}, 0.02)
+    assert cr.select_inner_lr(tie)[0] == 0.02
+    # No selection while a run has not finished, nor when a run diverged at every alpha.
+    unfinished = runs[:-1] + [{**runs[-1], "status": "running"}]
+    assert cr.select_inner_lr(unfinished)[0] is None
+    assert cr.select_inner_lr(selection_runs({5: [1.0, None, 1.0]}, 0.01) + selection_runs({5: [None, 1.0, 1.0]}, 0.02))[0] is None
+
+
+def test_claim_3_rows_at_the_selected_step_name_it_beside_those_at_anil_vs_maml_s():
+    from omegaconf import OmegaConf
+
+    falling, slow = [1.0, 0.2, 0.1, 0.1, 0.1, 0.1], [1.0, 1.0, 1.0, 1.0, 0.1, 0.1]
+    runs = fake_runs({5: [falling] * 3}, method="anil") + fake_runs({5: [slow] * 3}, method="maml")
+    selected = [{**r, "config": OmegaConf.create({"algo": {"inner_lr": 0.01}})} for r in runs]
+    rows = cr.claim_rows({"anil_vs_maml": runs, cr.SELECTED_LR: selected})
+    assert [(r["data set"], r["comparison"]) for r in rows] == [("linear regression", "ANIL - MAML, N=5"),
+                                                                ("linear regression", "ANIL - MAML, N=5, alpha=0.01")]
+    assert rows[0]["iterations"] == rows[1]["iterations"]  # the same runs: the same verdict
+
+
 def test_cost_table_counts_the_iterations_of_diverged_runs():
     # Every MAML run at N=10 diverged: the cost of an iteration is still measured, up to where each stopped.
     anil = fake_runs({10: [[1.0] * 6] * 5}, method="anil")
@@ -361,7 +404,8 @@ def test_document_from_tiny_sweeps(tmp_path, monkeypatch):
     work = tmp_path / "work"
     tiny = ["iterations=12", "eval_every=6", "log_every=2", "eval_tasks=4", "meta_batch_size=4", "hydra/launcher=basic", "threads=1"]
     for preset, extra in (("anil_strongly_convex", ["seed=0,1", "algo.inner_steps=1,5"]),
-                          ("anil_vs_maml", ["seed=0,1", "algo.inner_steps=1"])):
+                          ("anil_vs_maml", ["seed=0,1", "algo.inner_steps=1"]),
+                          (cr.LR_SELECTION, ["seed=5", "algo.inner_steps=5", "algo.inner_lr=0.01,0.02"])):
         result = run_metarun("-m", f"+experiment={preset}", *tiny, *extra, f"hydra.sweep.dir={work / preset}", cwd=REPO)
         assert result.returncode == 0, result.stderr[-2000:]
         cr.run_reports(work / preset)
@@ -370,6 +414,11 @@ def test_document_from_tiny_sweeps(tmp_path, monkeypatch):
     assert "| 1. strongly convex: faster with larger N | linear regression | quick | N=5 - N=1 |" in out
     assert "| 3. ANIL cheaper than MAML | linear regression | quick | ANIL - MAML, N=1 |" in out
     assert "| full |" not in out and "Scale: quick (`scale=full` not run yet)." in out
+    # The step selection: MAML's final validation loss per alpha, and the alpha its rule picks.
+    selection = out.split("(presets `anil_vs_maml_lr_selection`, `anil_vs_maml_selected_lr`)")[1].split("###")[0]
+    assert "Scale: quick (a selection sweep: it runs at quick scale only)." in selection
+    assert "| alpha | N=5 | worst N |" in selection and "| 0.01 | " in selection and "(0 of 1 diverged)" in selection
+    assert re.search(r"The rule selects \*\*alpha = 0\.0[12]\*\*; `anil_vs_maml_selected_lr` runs at alpha = ", selection)
     verdicts = re.findall(r"\*\*(reproduced|contradicted|not resolved)\*\*", out)
     assert verdicts and "{{" not in out
     for table in re.findall(r"((?:^\|.*\|\n)+)", out, flags=re.M):  # no cell breaks its table (a stray "|")

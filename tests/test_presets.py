@@ -23,6 +23,17 @@ def test_iterations_are_looked_up_per_n_and_an_explicit_value_wins():
     assert cfg("+experiment=adapted_subsets", "subset=all").iterations == cfg("+experiment=adapted_subsets").scales.quick.iterations["all"]
 
 
+def test_claim_3s_step_selection_runs_maml_alone_below_anil_vs_maml_s_step_on_seeds_the_comparison_does_not_use():
+    selection, comparison = cfg("+experiment=anil_vs_maml_lr_selection", hydra=True), cfg("+experiment=anil_vs_maml", hydra=True)
+    params = selection.hydra.sweeper.params
+    assert params.method == "maml" and list(selection.algo.adapt) == ["*"]
+    assert max(float(a) for a in str(params["algo.inner_lr"]).split(",")) < comparison.algo.inner_lr
+    for scale in ("quick", "full"):
+        assert set(str(selection.scales[scale].seeds).split(",")).isdisjoint(str(comparison.scales[scale].seeds).split(","))
+    for n in str(params["algo.inner_steps"]).split(","):
+        assert cfg("+experiment=anil_vs_maml_lr_selection", f"algo.inner_steps={n}").iterations == 3000
+
+
 def test_an_n_without_a_length_is_one_line_naming_the_table_keys(tmp_path):
     result = run_metarun("+experiment=anil_strongly_convex", "algo.inner_steps=3", cwd=tmp_path)
     assert result.returncode == 2
