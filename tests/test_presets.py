@@ -2,6 +2,7 @@
 and launchers that replace the presets' own."""
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from conftest import REPO, run_metarun
 import metarun.config  # noqa: F401  registers ${pick:}
@@ -32,6 +33,17 @@ def test_claim_3s_step_selection_runs_maml_alone_below_anil_vs_maml_s_step_on_se
         assert set(str(selection.scales[scale].seeds).split(",")).isdisjoint(str(comparison.scales[scale].seeds).split(","))
     for n in str(params["algo.inner_steps"]).split(","):
         assert cfg("+experiment=anil_vs_maml_lr_selection", f"algo.inner_steps={n}").iterations == 3000
+
+
+def test_claim_3_at_the_selected_step_is_anil_vs_maml_s_sweep_with_alpha_alone_changed():
+    selected, comparison = (OmegaConf.to_container(cfg(f"+experiment={p}", hydra=True), resolve=False)
+                            for p in ("anil_vs_maml_selected_lr", "anil_vs_maml"))
+    assert selected["hydra"]["sweeper"] == comparison["hydra"]["sweeper"]
+    alpha = selected["algo"].pop("inner_lr")
+    assert alpha < comparison["algo"].pop("inner_lr")
+    for config in (selected, comparison):
+        del config["hydra"]
+    assert selected == comparison
 
 
 def test_an_n_without_a_length_is_one_line_naming_the_table_keys(tmp_path):
