@@ -23,7 +23,6 @@ gradient) count as censored too, not as absent; runs that failed otherwise are l
 import argparse
 import functools
 import json
-import lzma
 import math
 import os
 import shutil
@@ -31,7 +30,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import matplotlib
@@ -43,7 +41,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from docgen import machine_text, md_table, render, timed_run  # noqa: E402
+from docgen import keep_runs, machine_text, md_table, render, restore_runs, timed_run  # noqa: E402
 
 from metarun import report as mr  # noqa: E402
 from metarun import stats  # noqa: E402
@@ -129,47 +127,20 @@ def archive_path(docs, preset, scale):
 
 
 def archive_sweep(sweep_dir, path):
-    """Keep a sweep's run data beside the page it feeds, so that the page can be rebuilt from it
-    (`--skip-runs`) and a full sweep spread over sessions goes on (`--resume`) on any checkout: what
-    metarun-report and a resumed sweep read (overrides, configs, metrics, summaries, multirun.yaml,
-    timing.json), and the checkpoints of the jobs that have not finished, so that they resume exactly
-    rather than from the start. Left out: finished jobs' checkpoints, the reports (run_reports rebuilds
-    them) and W&B dirs. Owners are dropped and files added in sorted order, so an unchanged sweep gives
-    the same bytes; the archive is written beside its place, then renamed into it."""
+    """Keep a sweep's run data beside the page it feeds (docgen.keep_runs), so that the page can be
+    rebuilt from it (`--skip-runs`) and a full sweep spread over sessions goes on (`--resume`) on any
+    checkout: what metarun-report and a resumed sweep read (overrides, configs, metrics, summaries,
+    multirun.yaml, timing.json), and the checkpoints of the jobs that have not finished, so that they
+    resume exactly rather than from the start. Left out: finished jobs' checkpoints, the reports
+    (run_reports rebuilds them) and W&B dirs."""
     finished = {r["job"] for r in sweep_runs(sweep_dir) if counted(r)}  # none yet: only multirun.yaml, timing.json
-
-    def keep(info):
-        parts = Path(info.name).parts
-        if parts and (parts[0] in REPORTS or "wandb" in parts or (parts[0] in finished and info.name.endswith(".pt"))):
-            return None
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        return info
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w:xz") as tar:
-        tar.add(sweep_dir, arcname=".", filter=keep)
-    os.replace(tmp, path)
-    return path
+    return keep_runs(sweep_dir, path, drop=lambda parts: parts[0] in REPORTS or "wandb" in parts
+                     or (parts[0] in finished and parts[-1].endswith(".pt")))
 
 
 def restore_sweep(path, sweep_dir):
-    """Unpack a kept sweep into `sweep_dir` if the work dir has no such sweep (local runs are never
-    overwritten); unpacked beside it, then renamed, so a failed unpack leaves nothing half-there."""
-    if sweep_dir.exists() or not path.is_file():
-        return False
-    tmp = sweep_dir.with_name(sweep_dir.name + ".unpacking")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with tarfile.open(path) as tar:
-            tar.extractall(tmp, filter="data")
-    except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"convergence_report: cannot unpack {path} ({e}); restore it with `git checkout -- {path}` or delete it", file=sys.stderr)
-        raise SystemExit(2) from None
-    os.replace(tmp, sweep_dir)
-    return True
+    """Unpack a kept sweep into `sweep_dir` unless the work dir has it (docgen.restore_runs)."""
+    return restore_runs(path, sweep_dir, script="convergence_report")
 
 
 # ---------------------------------------------------------------- analysis (pure: tested in tests/test_convergence_report.py)

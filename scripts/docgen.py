@@ -9,10 +9,13 @@ drift from the data: a number in the doc is either computed now or absent. A pla
 block, or a block without a placeholder, is an error, so a renamed block cannot silently vanish.
 The output starts with a note saying which script and template made it.
 """
+import lzma
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -70,3 +73,47 @@ def machine_text(slots, cpus):
     if slots is None:
         return "unknown"
     return "alone" if int(slots) >= (cpus or 2) else f"shared ({slots} of {cpus} cores)"
+
+
+def keep_runs(root, archive, drop=lambda parts: False):
+    """Keep the run data a page reads beside the page (`archive`, a .tar.xz in docs/), so that the page
+    can be rebuilt on any checkout after the work dir is gone. `drop(parts)` leaves out a file or folder
+    by its path parts under `root` (checkpoints the page does not read, W&B dirs, reports it rebuilds).
+    Owners are dropped and files added in sorted order, so unchanged runs give the same bytes; the
+    archive is written beside its place, then renamed into it."""
+    def keep(info):
+        parts = Path(info.name).parts  # "./a/b" -> ("a", "b"); the root itself -> ()
+        if parts and drop(parts):
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    archive = Path(archive)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = archive.with_name(archive.name + ".tmp")
+    with tarfile.open(tmp, "w:xz") as tar:
+        tar.add(root, arcname=".", filter=keep)
+    os.replace(tmp, archive)
+    return archive
+
+
+def restore_runs(archive, root, script=None):
+    """Unpack kept run data into `root` if the work dir has no such folder (local runs are never
+    overwritten); False when there is nothing to restore. Unpacked beside it, then renamed, so a failed
+    unpack leaves nothing half-there; a corrupt archive is one line naming it, and exit 2."""
+    archive, root = Path(archive), Path(root)
+    if root.exists() or not archive.is_file():
+        return False
+    tmp = root.with_name(root.name + ".unpacking")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+    except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        script = script or Path(sys.argv[0]).stem
+        print(f"{script}: cannot unpack {archive} ({e}); restore it with `git checkout -- {archive}` or delete it", file=sys.stderr)
+        raise SystemExit(2) from None
+    os.replace(tmp, root)
+    return True

@@ -8,22 +8,26 @@ Every arm is `metarun +experiment=omniglot_shared_lake <overrides>` in outputs/o
 preset's data (6 shared alphabets for training, Early_Aramaic for validation, Sanskrit for test)
 and its Lake runs (600 fixed 20-way 1-shot within-alphabet test runs, support and query by
 distinct drawers), one setting changed. Every arm trains at 1 thread, two arms at a time on the
-2 cores (each one's concurrent jobs are read from the cpujob ledger). The preset and its shorter
+2 cores (each run's wall-clock and machine go to its timing.json: docgen.timed_run, with the CPU
+slots it held from METARUN_CPUJOB_SLOTS). The preset and its shorter
 and longer versions are also evaluated with `mode=eval` on other episodes of the held-out alphabet
 (`EVALS`); the other arms on the Lake runs only. The document's numbers, tables, verdicts
 (metarun.stats) and figures are computed here from the runs' files; its prose is docs/src/omniglot.md.
+The run data the document reads is kept beside it (docs/omniglot/runs.tar.xz, after every arm and
+every rebuild), so a fresh checkout rebuilds the document without the runs' work dir.
 """
 import argparse
-import functools
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+from docgen import keep_runs, machine_text, restore_runs, timed_run  # noqa: E402
+
 OUT = Path(os.environ.get("OMNIGLOT_OUT") or REPO / "outputs" / "omniglot")  # the runs (a dry run of the doc: another folder)
+KEPT = Path(os.environ.get("OMNIGLOT_KEPT") or REPO / "docs" / "omniglot" / "runs.tar.xz")  # their kept copy
 PRESET = "omniglot_shared_lake"
 DATA = os.environ.get("METARUN_DATA") or str(next((p / "shared" / "data" for p in REPO.parents if (p / "shared" / "data").is_dir()), "data"))
 
@@ -102,10 +106,6 @@ EVALS = {
 }
 
 
-# cpujob tags, for the concurrency notes (base ran as the preset of its day, under that tag)
-TAGS = {arm: f"i15-{arm}" for arm in ARMS} | {"base": "i15-preset", "preset": "i15-preset-3000"}
-
-
 def head():
     """The run the headline, steps and episodes come from: the preset when it ran, else its short version."""
     return "preset" if done("preset") else "base"
@@ -130,25 +130,38 @@ def planned_evals(arm):
     return [name for name in EVALS if (name != "lake" or not own_lake) and (name == "lake" or arm in EVALUATED)]
 
 
-def run(cmd, log):
-    print("+ " + " ".join(cmd), flush=True)
-    t0 = time.time()
+def run(cmd, log, run_dir):
+    """Run `cmd`; its wall-clock and the machine it had go to <run_dir>/timing.json."""
     with open(log, "a") as f:
-        rc = subprocess.call(cmd, cwd=REPO, env={**os.environ, "WANDB_MODE": "disabled"}, stdout=f, stderr=subprocess.STDOUT)
-    print(f"  exit {rc} after {time.time() - t0:.0f} s", flush=True)
-    return rc
+        timing = timed_run(cmd, f, {**os.environ, "WANDB_MODE": "disabled"}, cwd=REPO)
+    print(f"  exit {timing['exit_code']} after {timing['wall_seconds']:.0f} s", flush=True)
+    if run_dir.is_dir():
+        (run_dir / "timing.json").write_text(json.dumps(timing, indent=2))
+    return timing["exit_code"]
 
 
 def run_arms(arms):
     OUT.mkdir(parents=True, exist_ok=True)
     for arm in arms:
         log = OUT / f"{arm}.log"
-        if not (OUT / arm / "summary.json").is_file() or json.loads((OUT / arm / "summary.json").read_text())["status"] != "completed":
-            if run(train_command(arm), log):
+        if not done(arm):
+            rc = run(train_command(arm), log, OUT / arm)
+            keep()
+            if rc:
                 continue
         for name in planned_evals(arm):
             if not (OUT / arm / "eval" / name / "summary.json").is_file():
-                run(eval_command(arm, name), log)
+                run(eval_command(arm, name), log, OUT / arm / "eval" / name)
+                keep()
+
+
+def keep():
+    """Keep what the document reads (docgen.keep_runs): every run's metrics, summaries, configs, Lake
+    runs and timing, and the checkpoint the headline's learner loads; not the other checkpoints, the
+    logs or W&B dirs."""
+    learner = (head(), load_json(OUT / head() / "summary.json")["tested_checkpoint"]) if done(head()) else None
+    return keep_runs(OUT, KEPT, drop=lambda parts: "wandb" in parts or (len(parts) == 1 and parts[0].endswith(".log"))
+                     or (parts[-1].endswith(".pt") and parts != learner))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +235,7 @@ def ablation_blocks(figures):
         mean, half, n = mean_ci(errors)
         row = {"arm": f"`{arm}`", "what changes": spec["change"], "iterations": summary["iteration"],
                "training time": f"{summary['time'] / 60:.1f} min ({threads_text(summary['threads'])}; "
-                                f"{concurrency(TAGS[arm], short=True)})",
+                                f"{concurrency(arm, short=True)})",
                "test steps": lake_table(arm)[1], "validation Lake error": validation_error(arm, summary),
                "Lake error (600 test runs)": pct(mean, half)}
         if spec.get("ref") and done(spec["ref"]):
@@ -411,7 +424,7 @@ def headline_blocks(figures, learner, family):
     if stand_in:
         target += " for `base`; the preset itself has not run"
     minutes = summary["time"] / 60
-    alone_on_machine = summary["threads"] == 2 and concurrent_jobs(TAGS[head()]) == (0, 0)
+    alone_on_machine = summary["threads"] == 2 and machine(OUT / head()) == "alone"
     time_target = (f"target <= 30 min on the 2-core machine: {'met' if minutes <= 30 else 'missed'}" if alone_on_machine else
                    "not measured alone on the 2 cores, so the 30-minute target is not judged on this run")
     five_way_head = "built from the prototypes" if cfg.algo.get("head_init", "learned") == "prototypes" else "head zero-initialised"
@@ -428,7 +441,7 @@ def headline_blocks(figures, learner, family):
         f"5-way 1-shot (`task.ways=5`, {five_way_head}): "
         f"{pct(ways['ways5']['test/accuracy'], ways['ways5']['test/accuracy_ci95'])}.",
         f"- Training: {summary['iteration']} meta-iterations in {minutes:.1f} min at "
-        f"{threads_text(summary['threads'])} ({concurrency(TAGS[head()])}); {time_target}; "
+        f"{threads_text(summary['threads'])} ({concurrency(head())}); {time_target}; "
         f"the whole command, evaluations included, {summary['wall_time'] / 60:.1f} min; tested "
         f"`{summary['tested_checkpoint']}` (iteration {summary['tested_iteration']}) after {summary['test_steps']} inner "
         f"steps chosen on validation.",
@@ -464,64 +477,25 @@ def old_protocol_blocks(figures):
     figures["protocol_table"] = md_table(rows, ["run", "protocol", "test accuracy", "test steps", "training time"])
 
 
-LEDGER = Path("/work/.cpu/ledger.log")
-
-
-@functools.lru_cache(maxsize=None)
-def ledger_jobs():
-    """{pid: [tag, lane, start, end or None]} of every job in the machine's cpujob ledger (read once)."""
-    import datetime as dt
-
-    jobs = {}
-    if not LEDGER.is_file():
-        return jobs
-    for line in LEDGER.read_text().splitlines():
-        parts = line.split(" ", 4)
-        if len(parts) < 5 or not parts[1].startswith("pid="):
-            continue
-        when, pid, rest = dt.datetime.fromisoformat(parts[0]), parts[1], " ".join(parts[2:])
-        lane = next((lane for lane in ("run x1 ", "quick ", "alone x2 ") if rest.startswith(lane)), "")
-        rest = rest[len(lane):]
-        if rest.startswith("start "):
-            jobs[pid] = [rest.split(" ")[1], lane.strip(), when, None]
-        elif rest.startswith("end ") and pid in jobs:
-            jobs[pid][3] = when
-    return jobs
-
-
-def concurrent_jobs(tag):
-    """(other 1-thread jobs, machine-alone jobs) whose span overlapped the last job tagged `tag`, or
-    None when the ledger does not have it."""
-    import datetime as dt
-
-    jobs = ledger_jobs()
-    mine = next((pid for pid, job in reversed(jobs.items()) if job[0] == tag), None)
-    if mine is None:
+def machine(run_dir):
+    """The machine a run had, from its timing.json: "alone", "shared (1 of 2 cores)", or None when not recorded."""
+    path = Path(run_dir) / "timing.json"
+    if not path.is_file():
         return None
-    _, _, start, end = jobs[mine]
-    end = end or dt.datetime.now()
-
-    def alive(pid):  # a job without an end line either still runs or died before writing one
-        return Path(f"/proc/{pid[len('pid='):]}").exists()
-
-    others = [pid for pid, (_, _, a, b) in jobs.items() if pid != mine and a < end and (b > start if b else alive(pid))]
-    alone = sum(jobs[pid][1] == "alone x2" for pid in others)
-    return len(others) - alone, alone
+    timing = load_json(path)
+    text = machine_text(timing.get("cpu_slots"), timing.get("cpus"))
+    return None if text == "unknown" else text
 
 
-def concurrency(tag, short=False):
-    """Which other CPU jobs ran beside the job `tag`, in words; `short`: only the count, for a table cell."""
-    counts = concurrent_jobs(tag)
-    if counts is None:
-        return "concurrent jobs not recorded"
-    shared, alone = counts
-    if shared == 0 and not alone:
-        return "no other job" if short else "no other job ran during it; cpujob ledger"
+def concurrency(arm, short=False):
+    """The machine the arm trained on, in words; `short`: for a table cell."""
+    had = machine(OUT / arm)
+    if had is None:
+        return "machine not recorded" if short else "the machine it had was not recorded"
     if short:
-        return f"{shared} other job{'s' if shared != 1 else ''} at some point"
-    return (f"{shared} other 1-thread jobs shared the 2 cores at some point of its span"
-            + (f", and it stood paused during {alone} machine-alone job{'s' if alone > 1 else ''}" if alone else "")
-            + "; cpujob ledger")
+        return f"machine {had}"
+    return ("the machine alone, no other job" if had == "alone" else
+            f"the machine {had}: another job could run beside it") + "; its timing.json"
 
 
 def cost_block():
@@ -530,7 +504,7 @@ def cost_block():
     s = load_json(OUT / head() / "summary.json")
     per_it = s["time"] / s["iteration"]
     return (f"A meta-iteration of {'the preset' if head() == 'preset' else '`base`'} cost {per_it:.2f} s at {threads_text(s['threads'])} here "
-            f"({s['iteration']} iterations in {s['time'] / 60:.1f} min, {concurrency(TAGS[head()])}), and the whole "
+            f"({s['iteration']} iterations in {s['time'] / 60:.1f} min, {concurrency(head())}), and the whole "
             f"{s['iteration']}-iteration run with its evaluations {s['wall_time'] / 60:.0f} min.")
 
 
@@ -583,7 +557,7 @@ def write_doc():
     old_protocol_blocks(blocks)
     blocks["commands"] = commands_block()
     render(REPO / "docs" / "src" / "omniglot.md", REPO / "docs" / "omniglot.md", blocks, script="omniglot_report.py")
-    print(f"wrote {REPO / 'docs' / 'omniglot.md'}")
+    print(f"wrote {REPO / 'docs' / 'omniglot.md'}; its run data kept in {keep()}")
 
 
 def main():
@@ -597,9 +571,15 @@ def main():
             for name in planned_evals(arm):
                 print(" ".join(eval_command(arm, name)))
         return
+    if restore_runs(KEPT, OUT, script="omniglot_report"):
+        print(f"restored the kept run data {KEPT} into {OUT}")
     if args.run:
         run_arms(args.run)
         return
+    if not any(done(arm) for arm in [*ARMS, *OLD]):  # a page of "not run" would replace the published one
+        print(f"omniglot_report: no finished run in {OUT} and no kept run data at {KEPT}, so docs/omniglot.md is left as "
+              f"it is; run the arms first (`python scripts/omniglot_report.py --run {' '.join(ARMS)}`)", file=sys.stderr)
+        raise SystemExit(2)
     write_doc()
 
 
