@@ -92,8 +92,12 @@ def keep_runs(root, archive, drop=lambda parts: False):
     archive = Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
-    with tarfile.open(tmp, "w:xz") as tar:
-        tar.add(root, arcname=".", filter=keep)
+    try:
+        with tarfile.open(tmp, "w:xz") as tar:
+            tar.add(root, arcname=".", filter=keep)
+    except BaseException:  # an interrupted or failed write leaves the kept archive as it was, and no .tmp
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, archive)
     return archive
 
