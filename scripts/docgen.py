@@ -87,13 +87,15 @@ def keep_runs(root, archive, drop=lambda parts: False):
             return None
         info.uid = info.gid = 0
         info.uname = info.gname = ""
+        if info.isdir():  # a folder's time changes when anything beside the kept runs is added to it
+            info.mtime = 0
         return info
 
     archive = Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
     try:
-        with tarfile.open(tmp, "w:xz") as tar:
+        with tarfile.open(tmp, "w:xz", dereference=True) as tar:  # a linked run folder: its files, not a link
             tar.add(root, arcname=".", filter=keep)
     except BaseException:  # an interrupted or failed write leaves the kept archive as it was, and no .tmp
         tmp.unlink(missing_ok=True)
@@ -112,7 +114,7 @@ def restore_runs(archive, root, script=None):
     tmp = root.with_name(root.name + ".unpacking")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        with tarfile.open(archive) as tar:
+        with tarfile.open(archive, "r:xz") as tar:  # keep_runs writes xz; naming it keeps the error one line
             tar.extractall(tmp, filter="data")
     except (tarfile.TarError, lzma.LZMAError, EOFError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,8 @@
     python scripts/kaleidoscope_report.py [--root outputs/kaleidoscope] [--out docs/kaleidoscope.md]
     python scripts/kaleidoscope_report.py --time-quick   # first run the quick World sweep and time it (about 25 min)
 
-Reads, under --root (each part is optional; a missing one is reported as not run yet):
+Reads, under --root (each part is optional; a missing one is reported as not run yet, and with none at all the
+page is not written):
   world/, spread/      metarun -m +experiment=kaleidoscope_{world,spread} scale=full sweeps (3 arms x seeds)
   peer_metarun/        FuPS QMIX with VMAS's actions on simple_spread (the peer check's metarun side)
   benchmarl/seed*.json scripts/benchmarl_qmix.py (the peer check's BenchMARL side)
@@ -13,6 +14,8 @@ Reads, under --root (each part is optional; a missing one is reported as not run
 and writes the figures under docs/kaleidoscope/ and the tables, verdicts and measured numbers into the
 template's placeholders. Every CI is a 95% t interval over seeds (metarun.stats), every verdict the
 Welch interval of the difference of means.
+The run data the page reads is kept beside it, in <out's folder>/kaleidoscope/runs.tar.xz (after every
+build), and unpacked into --root when that folder is missing, so a fresh checkout rebuilds the page.
 """
 import argparse
 import json
@@ -29,7 +32,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docgen import machine_text, md_table, render, timed_run  # noqa: E402
+from docgen import keep_runs, machine_text, md_table, render, restore_runs, timed_run  # noqa: E402
 
 from metarun.report import ReportError, job_dirs, load_run  # noqa: E402
 from metarun.stats import compare, fmt_ci, mean_ci  # noqa: E402
@@ -451,6 +454,27 @@ def matd3_blocks(root, figures):
     return {"matd3": text, "matd3_figure": "![halfcheetah](kaleidoscope/halfcheetah.png)"}
 
 
+def has_run_data(root):
+    """Whether anything the page reads exists under root (a page of "not run yet" would replace the published one)."""
+    return (any(sweep_dirs(root / name) for name in (*SCENARIOS, "peer_metarun", "world_quick"))
+            or any((root / "benchmarl").glob("seed*.json")) or (root / "bench.json").is_file()
+            or (root / "halfcheetah" / "summary.json").is_file() or (root / "world_quick" / "timing.json").is_file())
+
+
+def keep(root, kept, runs_by_scenario):
+    """Keep what the page reads (docgen.keep_runs): every run's metrics, summary and .hydra dir, the sweeps'
+    multirun.yaml, timing.json, bench.json, benchmarl/seed*.json, and the checkpoints of the completed
+    Kaleidoscope runs (dead_share loads them); not the other checkpoints, the logs, W&B dirs or
+    metarun-report's report/ dirs."""
+    read = {Path(r["dir"]).relative_to(root).parts + ("checkpoint.pt",)
+            for runs in runs_by_scenario.values() for r in runs if r["arm"] == "kaleidoscope"}
+
+    def drop(parts):
+        return ("wandb" in parts or parts[-1].endswith(".log") or (parts[-1].endswith(".pt") and parts not in read)
+                or (len(parts) == 2 and parts[1] == "report"))
+    return keep_runs(root, kept, drop=drop)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="outputs/kaleidoscope")
@@ -460,10 +484,19 @@ def main():
                         help="first run the quick World preset into <root>/world_quick and time it (give it the machine alone)")
     args = parser.parse_args()
     root, out = Path(args.root), Path(args.out)
+    figures = out.parent / "kaleidoscope"
+    kept = figures / "runs.tar.xz"
+    if restore_runs(kept, root, script="kaleidoscope_report"):
+        print(f"restored the kept run data {kept} into {root}")
     if args.time_quick:
         time_quick(root / "world_quick")
-    figures = out.parent / "kaleidoscope"
+    if not has_run_data(root):
+        print(f"kaleidoscope_report: no run data under {root} and no kept run data at {kept}, so {out} is left as it is; "
+              f"run the sweeps first (`metarun -m +experiment=kaleidoscope_world scale=full hydra.sweep.dir={root}/world`, "
+              f"the others: see this script's docstring)", file=sys.stderr)
+        raise SystemExit(2)
     figures.mkdir(parents=True, exist_ok=True)
+    CLAIMS.clear()  # this build's comparisons only (main may run twice in one process)
     runs_by_scenario = {name: runs_of(root / name) for name in SCENARIOS}
     blocks = {}
     for name, runs in runs_by_scenario.items():
@@ -477,7 +510,7 @@ def main():
     blocks.update(quick_blocks(runs_by_scenario, root / "world_quick"))
     blocks.update(matd3_blocks(root, figures))
     render(args.template, out, blocks, script="kaleidoscope_report.py")
-    print(f"written {out}")
+    print(f"written {out}; its run data kept in {keep(root, kept, runs_by_scenario)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python scripts/learned_subsets_report.py                       # run both sweeps (quick scale), then the doc
     python scripts/learned_subsets_report.py --skip-runs           # only rebuild the doc from the sweeps on disk
     python scripts/learned_subsets_report.py --only linreg --no-doc  # run one study's sweep only
+    python scripts/learned_subsets_report.py --skip-runs --docs /tmp/docs  # the page, figures and kept data elsewhere
 
 Each sweep runs as a user would: `metarun -m +experiment=learned_subsets_<study> scale=<scale>
 hydra.sweep.dir=<work-dir>/<study> hydra.launcher.n_jobs=1` (one job at a time, so it holds one
@@ -14,7 +15,12 @@ $METARUN_DATA). The speed section reads `<work-dir>/bench.json`, written by
 Everything in the document that is a number comes from those runs: tables and figures from
 metrics.jsonl / summary.json / the checkpoints, verdicts from metarun.stats on the seeds (linear
 regression) or on the 600 test tasks, evaluated again here per task so that two arms are compared
-task by task (paired: the same tasks for every arm). The prose is docs/src/learned_subsets.md.
+task by task (paired: the same tasks for every arm; cached in <work-dir>/omniglot_per_task.json).
+The prose is docs/src/learned_subsets.md.
+
+The run data the page reads (metrics, summaries, configs, bench.json, the per-task cache and the
+checkpoints the page loads) is kept beside it in docs/learned_subsets/runs.tar.xz after every build,
+and unpacked into --work-dir when that is absent, so `--skip-runs` rebuilds the page on a fresh checkout.
 """
 import argparse
 import json
@@ -35,7 +41,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from docgen import md_table, render  # noqa: E402
+from docgen import keep_runs, md_table, render, restore_runs  # noqa: E402
 
 from metarun import report as mr  # noqa: E402
 from metarun import stats  # noqa: E402
@@ -44,6 +50,9 @@ STUDIES = {"linreg": "learned_subsets_linreg", "omniglot": "learned_subsets_omni
 ARMS = ["maml", "anil", "meta_sgd", "meta_sgd_outer_lr", "sparse", "threshold", "sparse_closed"]
 MASKS = ["sparse", "threshold", "sparse_closed"]
 BODY, HEAD = "body.1.weight", "head.weight"  # model=linear's two tensors
+PER_TASK = "omniglot_per_task.json"  # the Omniglot runs' per-task test accuracies, in the work dir
+# The arms whose checkpoint.pt the page loads: truth_analysis (linear regression) and layer_values (Omniglot).
+CHECKPOINT_ARMS = {"linreg": MASKS, "omniglot": ["sparse", "threshold", "meta_sgd"]}
 
 
 # ------------------------------------------------------------------ running
@@ -51,6 +60,8 @@ BODY, HEAD = "body.1.weight", "head.weight"  # model=linear's two tensors
 def run_sweep(study, scale, sweep_dir, extra):
     if sweep_dir.exists():
         shutil.rmtree(sweep_dir)
+    if study == "omniglot":  # its per-task cache is keyed by job: it would describe the deleted runs
+        (sweep_dir.parent / PER_TASK).unlink(missing_ok=True)
     sweep_dir.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["metarun", "-m", f"+experiment={STUDIES[study]}", f"scale={scale}", f"hydra.sweep.dir={sweep_dir}",
            "hydra.launcher.n_jobs=1", *extra]
@@ -264,9 +275,15 @@ LAYERS = [("conv 1", "body.0.0."), ("BN 1", "body.0.1."), ("conv 2", "body.1.0."
           ("conv 3", "body.2.0."), ("BN 3", "body.2.1."), ("conv 4", "body.3.0."), ("BN 4", "body.3.1."), ("head", "head.")]
 
 
+def cache_key(run_dir):
+    """A run's key in the per-task cache: "<sweep>/<job>", so that the cache holds wherever the work
+    dir is (restored from the kept data, say); older caches keyed by absolute paths map to it too."""
+    return "/".join(Path(run_dir).parts[-2:])
+
+
 def per_task(run, cache):
     """Per-task test accuracy after 0..eval_steps steps of the run's tested checkpoint (cached)."""
-    key = str(run["dir"].resolve())
+    key = cache_key(run["dir"])
     if key not in cache:
         from metarun import checkpoint
         from metarun.evaluate import evaluate
@@ -321,7 +338,8 @@ def omniglot_section(sweep_dir, figures_dir, cache_path):
     if not sweep_dir.is_dir():
         return omniglot_not_run(sweep_dir)
     runs, bad = load_sweep(sweep_dir)
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    cached_text = cache_path.read_text() if cache_path.is_file() else None
+    cache = {cache_key(k): v for k, v in json.loads(cached_text).items()} if cached_text else {}
     done = [r for r in runs if r["status"] == "completed"]
     episodes = [e for e in ("5w1s", "20w1s") if by(done, episode=e)]
     arms = [a for a in ARMS if by(done, arm=a)]
@@ -357,7 +375,8 @@ def omniglot_section(sweep_dir, figures_dir, cache_path):
             if a == "meta_sgd":
                 init = group[0]["config"].algo.inner_lr
                 rates.append({"episode": e, "arm": a, **{k: fmt(v / init, 2) for k, v in mean_layers(group, "train/lr_abs/").items()}})
-    cache_path.write_text(json.dumps(cache))
+    if json.dumps(cache) != cached_text:  # unchanged, it keeps its mtime and so the kept archive its bytes
+        cache_path.write_text(json.dumps(cache))
     layer_names = [n for n, _ in LAYERS]
     table = md_table(rows, ["episode", "arm", "runs", "acc 1 step", "acc 3 steps", "- MAML, 1 step", "- MAML, 3 steps",
                             "s / iteration", "x MAML", "oracle cost / iteration", "threads"])
@@ -443,6 +462,42 @@ def speed_section(bench_path):
     return {"speed": head + "\n\n" + md_table(rows, ["adapt_rule", "median s / iteration", "min - max s", "x MAML", "target", "met"])}
 
 
+# ------------------------------------------------------------------ run data kept in the repository
+
+def kept_path(docs):
+    """Where the page's run data is kept: beside its figures, <docs>/learned_subsets/runs.tar.xz."""
+    return docs / "learned_subsets" / "runs.tar.xz"
+
+
+def has_runs(work, studies=STUDIES):
+    return any(any((work / study).glob("*/.hydra/overrides.yaml")) for study in studies)
+
+
+def loaded_checkpoints(work):
+    """{(study, job, "checkpoint.pt")} of the completed runs whose checkpoint the page loads."""
+    loaded = set()
+    for study, arms in CHECKPOINT_ARMS.items():
+        if has_runs(work, [study]):
+            runs, _ = load_sweep(work / study)
+            loaded |= {(study, r["job"], "checkpoint.pt") for r in runs if r["status"] == "completed" and r["arm"] in arms}
+    return loaded
+
+
+def keep(work, kept):
+    """Keep what the page reads (docgen.keep_runs): both sweeps' metrics, summaries, configs, .hydra and
+    multirun.yaml, bench.json, the per-task cache, and the checkpoints in `loaded_checkpoints`. The
+    other checkpoints are left out: per_task loads them only for runs missing from the kept cache, and
+    the cache holds every run the page shows. Left out too: logs, W&B dirs, metarun-report's report/
+    (the page does not read it) and anything else at the top of the work dir."""
+    loaded = loaded_checkpoints(work)
+    read_at_top = {*STUDIES, "bench.json", PER_TASK}
+
+    def drop(parts):
+        return ((len(parts) == 1 and parts[0] not in read_at_top) or "wandb" in parts or parts[-1].endswith(".log")
+                or parts[1:] == ("report",) or (parts[-1].endswith(".pt") and parts not in loaded))
+    return keep_runs(work, kept, drop=drop)
+
+
 # ------------------------------------------------------------------ main
 
 def main():
@@ -453,23 +508,34 @@ def main():
     parser.add_argument("--only", choices=list(STUDIES), default=None, help="run only this study's sweep")
     parser.add_argument("--skip-runs", action="store_true", help="use the sweeps already in --work-dir")
     parser.add_argument("--no-doc", action="store_true", help="only run the sweeps")
+    parser.add_argument("--docs", default=str(REPO / "docs"), help="write learned_subsets.md, its figures and its kept run data "
+                        "(learned_subsets/runs.tar.xz) here")
     args = parser.parse_args()
-    work = Path(args.work_dir)
+    work, docs = Path(args.work_dir), Path(args.docs)
+    kept, page = kept_path(docs), docs / "learned_subsets.md"
+    # Restored before running too: a run redoes only the sweeps it runs (run_sweep deletes their dirs and
+    # the Omniglot per-task cache), and the page still reads the rest (the other study with --only,
+    # bench.json). Later it never would be: any run creates the work dir.
+    if restore_runs(kept, work, script="learned_subsets_report"):
+        print(f"restored the kept run data {kept} into {work}")
     if not args.skip_runs:
         for study in ([args.only] if args.only else STUDIES):
             extra = [f"task.root={args.data}"] if study == "omniglot" and args.data else []
             run_sweep(study, args.scale, work / study, extra)
     if args.no_doc:
         return
-    figures = REPO / "docs" / "learned_subsets"
+    if not has_runs(work):  # the sections would fail or say "not run", replacing the published page
+        print(f"learned_subsets_report: no runs in {work} and no kept run data at {kept}, so {page} is left as it is; "
+              "run the sweeps first (`python scripts/learned_subsets_report.py`)", file=sys.stderr)
+        raise SystemExit(2)
+    figures = docs / "learned_subsets"
     figures.mkdir(parents=True, exist_ok=True)
     blocks = {"scale": args.scale}
     blocks.update(linreg_section(work / "linreg", figures))
-    blocks.update(omniglot_section(work / "omniglot", figures, work / "omniglot_per_task.json"))
+    blocks.update(omniglot_section(work / "omniglot", figures, work / PER_TASK))
     blocks.update(speed_section(work / "bench.json"))
-    out = render(REPO / "docs" / "src" / "learned_subsets.md", REPO / "docs" / "learned_subsets.md", blocks,
-                 script="learned_subsets_report.py")
-    print(f"wrote {out}")
+    out = render(REPO / "docs" / "src" / "learned_subsets.md", page, blocks, script="learned_subsets_report.py")
+    print(f"wrote {out}; its run data kept in {keep(work, kept)}")
 
 
 if __name__ == "__main__":

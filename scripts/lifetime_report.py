@@ -1,6 +1,6 @@
 """docs/lifetime_rewards.md from the runs of learned intrinsic rewards over lifetimes (issue 12).
 
-    python scripts/lifetime_report.py [--root outputs/lifetime] [--lifetimes 100] [--chunk 100]
+    python scripts/lifetime_report.py [--root outputs/lifetime] [--lifetimes 100] [--chunk 100] [--kept docs/lifetime_rewards/runs.tar.xz]
 
 Finds every completed run under --root (a run dir has summary.json and config.yaml), groups runs by
 environment and arm (the learned reward; the baselines extrinsic_ep, extrinsic_life, count,
@@ -11,6 +11,9 @@ figures in docs/lifetime_rewards/. Every interval is a 95% CI and every verdict 
 metarun.stats: the learned reward's figures vary over meta-training seeds (each seed: the mean
 over the test lifetimes); a baseline has nothing to meta-train, so its figures vary over the test
 lifetimes. Speed figures come from --bench (lines written by scripts/bench_lifetimes.py --out).
+The run data the doc reads (summaries, configs, the cached test lifetimes, the bench lines under
+--root; and the runs' metrics) is kept beside it in --kept and unpacked into a missing --root, so a
+fresh checkout rebuilds the doc without the runs' work dir; with no run at all the doc is left as it is (exit 2).
 """
 import argparse
 import json
@@ -27,7 +30,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from docgen import md_table, render  # noqa: E402
+from docgen import keep_runs, md_table, render, restore_runs  # noqa: E402
 
 from metarun import checkpoint  # noqa: E402
 from metarun.stats import compare, fmt_ci, mean_ci, verdict  # noqa: E402
@@ -81,6 +84,26 @@ def find_runs(root):
         runs.append({"dir": run_dir, "cfg": cfg, "summary": summary, "env": cfg.task.env, "arm": arm_of(cfg),
                      "seed": cfg.seed, "iterations": cfg.iterations, "scale": cfg.get("scale", "quick")})
     return runs
+
+
+# What is kept of a run dir: what the doc reads, and metrics.jsonl (small; the run's training record).
+# Not the checkpoint: record() loads it only when lifetimes_test.pt is missing or is for another --lifetimes.
+KEPT_FILES = {"summary.json", "config.yaml", "metrics.jsonl", "lifetimes_test.pt"}
+
+
+def kept_drop(root, bench):
+    """keep_runs' drop for --root: every file but the KEPT_FILES and the bench lines (when under the
+    root), and the W&B and Hydra dirs (Hydra's config.yaml is not the resolved one the doc reads)."""
+    root, bench = Path(root).resolve(), Path(bench).resolve()
+    bench_parts = bench.relative_to(root).parts if bench.is_relative_to(root) else None
+
+    def drop(parts):
+        if "wandb" in parts or ".hydra" in parts:
+            return True
+        if parts == bench_parts or root.joinpath(*parts).is_dir():
+            return False
+        return parts[-1] not in KEPT_FILES
+    return drop
 
 
 def record(run, lifetimes, chunk):
@@ -359,11 +382,21 @@ def main():
     parser.add_argument("--chunk", type=int, default=100)
     parser.add_argument("--bench", default=None, help="JSON lines of scripts/bench_lifetimes.py (default: <root>/bench.jsonl)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "lifetime_rewards.md"))
+    parser.add_argument("--kept", default=None, help="the run data kept beside the doc (default: its figure dir/runs.tar.xz)")
     args = parser.parse_args()
     out = Path(args.out)
     figdir = out.parent / "lifetime_rewards"
-    figdir.mkdir(parents=True, exist_ok=True)
+    kept = Path(args.kept) if args.kept else figdir / "runs.tar.xz"
+    bench = Path(args.bench) if args.bench else Path(args.root) / "bench.jsonl"
+    if restore_runs(kept, args.root, script="lifetime_report"):
+        print(f"restored the kept run data {kept} into {args.root}", flush=True)
     runs = find_runs(args.root)
+    if not runs:  # an empty doc would replace the published one
+        print(f"lifetime_report: no completed run under {args.root} and none restored from {kept} (unpacked only into a "
+              f"missing root), so {out} is left as it is; run them first: `ROOT={args.root} bash scripts/lifetime_runs.sh`",
+              file=sys.stderr)
+        raise SystemExit(2)
+    figdir.mkdir(parents=True, exist_ok=True)
     full_runs = [r for r in runs if r["scale"] == "full"]  # timed only: the figures are the quick scale's
     runs = [r for r in runs if r["scale"] != "full"]
     groups = {}
@@ -498,14 +531,14 @@ def main():
     blocks["claims"] = "\n".join(f"| {name} | **{v}** | {ev} |" for name, v, ev in claims)
     blocks["ablation_table"] = md_table(ablation_rows, ["arm", "lifetime return", "seeds", "full minus arm", "verdict (full is better)"]) if ablation_rows else "No ablation run completed: the command that runs them is in *What was not run*."
     blocks["timing_table"] = md_table(timing_rows, ["environment", "arm", "runs", "meta-iterations", "training s per run", "whole run s", "threads"])
-    blocks["speed"] = speed_block(Path(args.bench) if args.bench else Path(args.root) / "bench.jsonl") + "\n\n" + quick_target_line(groups)
+    blocks["speed"] = speed_block(bench) + "\n\n" + quick_target_line(groups)
     blocks["protocol"] = protocol_block(runs, args.lifetimes)
     blocks["full_cost"] = full_cost_block(groups, full_runs)
     blocks["not_run"] = not_run_block(groups)
     blocks["hyperparameters"] = hyperparameter_block(groups)
     blocks["layouts"] = layout_block()
     render(ROOT / "docs" / "src" / "lifetime_rewards.md", out, blocks, script=Path(__file__).name)
-    print(f"wrote {out}")
+    print(f"wrote {out}; its run data kept in {keep_runs(args.root, kept, drop=kept_drop(args.root, bench))}")
 
 
 def speed_block(path):

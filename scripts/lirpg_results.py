@@ -1,6 +1,7 @@
 """docs/lirpg.md from finished runs: LIRPG vs PPO on delayed-reward MuJoCo, the SB3 peer check, speed.
 
     python scripts/lirpg_results.py [--runs outputs] [--peer outputs/lirpg/peer] [--bench outputs/lirpg/bench.json]
+                                    [--out docs/lirpg.md] [--kept docs/lirpg/runs.tar.xz]
 
 Reads every run under --runs whose config.yaml is a `task=mujoco_delayed` run of algo=ppo / lirpg at
 the paper's budget (488 updates of 2048 steps); completed runs make the tables, verdicts and mean curves,
@@ -12,6 +13,10 @@ return (mean of the last 100 episodes, logged every update) against env steps, m
 interval over seeds; the final return is the last update's. Claims are judged on the Welch 95% CI of
 the difference of means (metarun.stats). Fills docs/src/lirpg.md into docs/lirpg.md, figures into
 docs/lirpg/.
+
+The files the page read (each listed run's config, summary and metrics, the peer JSONs and the benchmark,
+when under --runs) are kept beside it in --kept, so a checkout without them rebuilds the page: when --runs
+has none of the page's inputs, the archive is unpacked into --runs/lirpg/kept and the page is read from there.
 """
 import argparse
 import json
@@ -29,7 +34,7 @@ import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from docgen import md_table, render  # noqa: E402
+from docgen import keep_runs, md_table, render, restore_runs  # noqa: E402
 
 from metarun.stats import compare, fmt_ci, mean_ci  # noqa: E402
 
@@ -37,6 +42,7 @@ ITERATIONS = 488  # the paper's 1M env steps in updates of 2048 (--iterations: t
 ARMS = {"ppo": "PPO (delayed reward)", "lirpg": "PPO + LIRPG, r_in only", "lirpg_mixed": "PPO + LIRPG, mixed (r_ex + 0.01 r_in)",
         "lirpg_frozen": "frozen random r_in (no meta step)"}
 PROTOCOL_ENVS, PROTOCOL_SEEDS = ("Hopper-v5", "HalfCheetah-v5"), range(5)  # the issue's protocol (delay 20)
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl")  # what read_runs reads of a run dir: all it keeps
 COLORS = {"ppo": "tab:blue", "lirpg": "tab:red", "lirpg_mixed": "tab:orange", "lirpg_frozen": "tab:gray"}
 
 
@@ -56,15 +62,17 @@ def arm_of(cfg):
     return None
 
 
-def read_runs(root, iterations=ITERATIONS):
+def read_runs(root, iterations=ITERATIONS, skip=None, shown_under=None):
     """({(env_id, reward_delay, arm): [run, ...]} of completed runs, the same of stopped or failed runs).
 
     A stopped run (killed before its last update; summary status "running") keeps its curve up to its
-    last logged update and resumes from its last checkpoint; a failed run keeps its error."""
+    last logged update and resumes from its last checkpoint; a failed run keeps its error. Run dirs
+    under `skip` are not read; `shown_under`: the folder the page names the run dirs under instead of
+    `root` (runs restored from the kept archive are named where they ran)."""
     runs, stopped = {}, {}
     for config in sorted(Path(root).rglob("config.yaml")):
         run_dir = config.parent
-        if run_dir.name == ".hydra" or not (run_dir / "summary.json").is_file():
+        if run_dir.name == ".hydra" or not (run_dir / "summary.json").is_file() or (skip and run_dir.is_relative_to(skip)):
             continue
         cfg = yaml.safe_load(config.read_text())
         if "mujoco_delayed" not in str(cfg.get("task", {}).get("_target_")) or cfg.get("iterations") != iterations:
@@ -75,7 +83,8 @@ def read_runs(root, iterations=ITERATIONS):
             continue
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         train = [r for r in rows if "train/return" in r]
-        run = {"dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir), "seed": cfg["seed"],
+        shown = Path(shown_under) / run_dir.relative_to(root) if shown_under else run_dir
+        run = {"dir": str(shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown), "path": run_dir, "seed": cfg["seed"],
                "steps": np.array([r["train/env_steps"] for r in train]), "returns": np.array([r["train/return"] for r in train]),
                "status": summary.get("status"), "error": summary.get("error"),
                "checkpoint_every": cfg.get("checkpoint_every"), "iterations": cfg["iterations"]}
@@ -199,9 +208,12 @@ def summary_line(outcomes):
     return "The claim that LIRPG improves PPO on delayed-reward MuJoCo at 1M steps is " + "; ".join(parts) + "."
 
 
+def peer_files(peer_dir):
+    return sorted(Path(peer_dir).glob("*.json")) if peer_dir and Path(peer_dir).is_dir() else []
+
+
 def peer_block(peer_dir):
-    files = sorted(Path(peer_dir).glob("*.json")) if peer_dir and Path(peer_dir).is_dir() else []
-    results = [json.loads(f.read_text()) for f in files]
+    results = [json.loads(f.read_text()) for f in peer_files(peer_dir)]
     if not results:
         return "The peer check has not been run yet (`python scripts/sb3_peer.py`).", ""
     rows, finals = [], {}
@@ -389,34 +401,81 @@ def missing_seed_commands(runs, stopped):
     return commands
 
 
+def page_inputs(runs, stopped, peer, bench):
+    """The files the page reads: each listed run's RUN_FILES, the peer JSONs and the benchmark."""
+    files = [r["path"] / name for group in [*runs.values(), *stopped.values()] for r in group for name in RUN_FILES]
+    return files + peer_files(peer) + ([bench] if bench.is_file() else [])
+
+
+def moved(path, old_root, new_root):
+    """`path` at its place under `new_root` if it lies under `old_root`, else `path` itself."""
+    return new_root / path.relative_to(old_root) if path.is_relative_to(old_root) else path
+
+
+def keep(source, files, archive):
+    """Keep `files` (what the page read) in `archive` by their places under `source` (docgen.keep_runs),
+    and nothing else under it: not other pages' runs, nor checkpoints (this page loads none), W&B dirs
+    or logs. Returns the files outside `source`, which cannot be kept."""
+    kept = {f.relative_to(source).parts for f in files if f.is_relative_to(source)}
+    on_the_way = {parts[:i] for parts in kept for i in range(1, len(parts))}  # the folders holding them
+    keep_runs(source, archive, drop=lambda parts: parts not in kept and parts not in on_the_way)
+    return [f for f in files if not f.is_relative_to(source)]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=str(ROOT / "outputs"))
     parser.add_argument("--peer", default=str(ROOT / "outputs/lirpg/peer"))
     parser.add_argument("--bench", default=str(ROOT / "outputs/lirpg/bench.json"))
     parser.add_argument("--out", default=str(ROOT / "docs/lirpg.md"))
+    parser.add_argument("--kept", help="the page's run data, kept beside it (default: lirpg/runs.tar.xz beside --out, "
+                        "with the figures); unpacked into RUNS/lirpg/kept when RUNS has none of the page's inputs")
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     args = parser.parse_args()
-    runs, stopped = read_runs(args.runs, args.iterations)
+    kept = args.kept or Path(args.out).parent / "lirpg" / "runs.tar.xz"  # so a page written elsewhere never replaces docs/'s
+    runs_root, peer, bench, out, kept = (Path(p).absolute() for p in (args.runs, args.peer, args.bench, args.out, kept))
+    # --runs is all of outputs/ (other pages' runs too), which exists, so the kept data cannot be unpacked into it:
+    # it goes into a folder of its own there, read only when --runs has none of the page's inputs.
+    restored = runs_root / "lirpg" / "kept"
+    source = runs_root
+    runs, stopped = read_runs(runs_root, args.iterations, skip=restored)
+    if not page_inputs(runs, stopped, peer, bench):
+        if restore_runs(kept, restored, script="lirpg_results"):
+            print(f"restored the kept run data {kept} into {restored}")
+        if restored.is_dir():
+            source, peer, bench = restored, moved(peer, runs_root, restored), moved(bench, runs_root, restored)
+            runs, stopped = read_runs(restored, args.iterations, shown_under=runs_root)
+    read = page_inputs(runs, stopped, peer, bench)
+    if not read:  # a page of "not run yet" would replace the published one
+        print(f"lirpg_results: no mujoco_delayed run of {args.iterations} updates under {runs_root}, no peer result in {peer}, "
+              f"no benchmark {bench}, nor any in the kept run data {kept}, so {out} is left as it is; run the sweeps "
+              "first (`metarun -m +experiment=lirpg_delayed_sweep scale=full threads=1`, `python scripts/sb3_peer.py`, "
+              "`python scripts/bench_lirpg.py`: docs/src/lirpg.md)", file=sys.stderr)
+        raise SystemExit(2)
     envs = sorted({(env_id, delay) for env_id, delay, arm in [*runs, *stopped] if delay > 1}, key=lambda e: (e[0] != "Hopper-v5", e))
     figures = []
     for env_id, delay in envs:
-        png = Path(args.out).parent / "lirpg" / f"{env_id}_delay{delay}.png"
+        png = out.parent / "lirpg" / f"{env_id}_delay{delay}.png"
         figure(env_id, delay, runs, stopped, png)
         figures.append(f"![{env_id}](lirpg/{png.name})")
     table, outcomes = verdicts(envs, runs)
     commands = missing_seed_commands(runs, stopped)
     complete = not commands and not resumable(stopped)
-    peer_table, peer_line = peer_block(args.peer)
-    blocks = {"what_ran": what_ran(envs, runs, stopped, commands), "cost": cost_line(runs, args.peer, complete),
+    peer_table, peer_line = peer_block(peer)
+    blocks = {"what_ran": what_ran(envs, runs, stopped, commands), "cost": cost_line(runs, peer, complete),
               "figures": "\n\n".join(figures) or "No finished 1M-step run yet.",
               "final_table": "\n\n".join(b for b in (final_table(envs, runs) if envs else "No finished 1M-step run yet.",
                                                  interim_table(envs, runs, stopped)) if b),
               "verdicts": table, "verdict_line": summary_line(outcomes),
-              "peer_table": peer_table, "peer_line": peer_line, "speed": bench_block(args.bench, runs)}
+              "peer_table": peer_table, "peer_line": peer_line, "speed": bench_block(bench, runs)}
     os.chdir(ROOT)  # the generated file names its template relative to the repository
-    render(Path("docs/src/lirpg.md"), args.out, blocks, script="lirpg_results.py")
-    print(f"wrote {args.out}")
+    render(Path("docs/src/lirpg.md"), out, blocks, script="lirpg_results.py")
+    if source == restored:  # read from the archive: it holds this already (and a stale unpacked copy must not replace it)
+        print(f"wrote {out} from the kept run data {kept}, left as it is")
+        return
+    outside = keep(source, read, kept)
+    print(f"wrote {out}; its run data kept in {kept}"
+          + (f" (not kept, being outside {source}: {', '.join(map(str, outside))})" if outside else ""))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ Two protocols, each with MAML and the two baselines, tested on the reference's 4
       maml_reference, random_reference, pretrained_reference (the joint policy above, tested this way).
 Then the preset's MAML checkpoint evaluated on other test sets (20 trajectories per step, goals drawn
 from eval_seed): maml_20, maml_sampled, maml_sampled_20, maml_sampled40_20.
-Runs live in outputs/maml_rl/<name>; a run that completed is read, not run again.
+Runs live in outputs/maml_rl/<name>; a run that completed is read, not run again. What the page reads
+of them (summaries, configs, metrics; no checkpoints) is kept in docs/maml_rl/runs.tar.xz (`--kept`)
+each time the page is written, and unpacked from there first when the runs folder is absent.
 """
 import argparse
 import json
@@ -30,6 +32,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from docgen import keep_runs, restore_runs  # noqa: E402
+
 # cbfinn/maml_rl, 40 goals (Finn et al., 2017, Fig. 4 / the issue): return after 0..3 steps.
 REFERENCE = {"maml": [-40.4, -11.7, -3.3, -3.2], "random": [-82.7, -58.0, -53.8, -46.8]}
 REFERENCE_ORACLE = -2.3
@@ -218,16 +223,25 @@ def main():
     parser.add_argument("--read-only", action="store_true", help="only read completed runs; list the missing ones")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--bench", type=int, default=0, metavar="N", help="time N meta-iterations per setting and exit")
+    parser.add_argument("--kept", type=Path, help="the kept run data (default: <docs>/maml_rl/runs.tar.xz)")
     args = parser.parse_args()
     if args.bench:
         return bench(args.bench, args.root)
+    kept = args.kept or args.docs / "maml_rl" / "runs.tar.xz"
+    restored = restore_runs(kept, args.root, script="rl_results")
+    if restored:
+        print(f"rl_results: restored the kept run data {kept} into {args.root}")
 
     summaries = {}
     for name in RUNS:  # in order: pretrained_reference evaluates the pretrained run
         summaries[name] = ensure_run(args.root, name, args.read_only)
     missing = [name for name, s in summaries.items() if s is None]
-    if "maml" in missing:
-        sys.exit(f"rl_results: no completed run in {args.root / 'maml'} (drop --read-only to run it)")
+    if "maml" in missing:  # only with --read-only: every table and the settings line read it
+        state = "restored, but it has none" if restored else "absent" if not kept.is_file() else f"not unpacked, {args.root} exists"
+        print(f"rl_results: no completed run in {args.root / 'maml'} (kept run data {kept}: {state}), so "
+              f"{args.docs / 'maml_rl.md'} is left as it is; run `python scripts/rl_results.py` without --read-only "
+              "to run the missing runs", file=sys.stderr)
+        raise SystemExit(2)
     steps = 3
     x = list(range(steps + 1))
     args.docs.mkdir(parents=True, exist_ok=True)
@@ -310,7 +324,20 @@ def main():
         "Training time is the run loop's own clock (summary.json `time`); see the timing section.",
         "", f"![return vs adaptation steps]({figure.name})", "", timing(args.root, summaries), "", NOTES]
     (args.docs / "maml_rl.md").write_text("\n".join(lines))
-    print(f"rl_results: wrote {args.docs / 'maml_rl.md'} and {figure}")
+    print(f"rl_results: wrote {args.docs / 'maml_rl.md'} and {figure}; its run data kept in {keep(args.root, kept)}")
+
+
+def unread(parts):
+    """Files and folders under the runs folder that the page does not read. Checkpoints: the page reads
+    the summaries of the mode=eval runs of maml/pretrained, not their checkpoints, and a completed
+    evaluation is read, not run again. W&B dirs and logs: nothing reads them."""
+    name = parts[-1]
+    return "wandb" in parts or name == "wandb_id.txt" or name.endswith((".pt", ".log"))
+
+
+def keep(root, kept):
+    """Keep the run data the page reads (summaries, configs, metrics, .hydra, bench.json) in `kept`."""
+    return keep_runs(root, kept, drop=unread)
 
 
 def bench(n, root):

@@ -301,3 +301,101 @@ def test_the_scripted_spread_yardstick_covers_the_landmarks_far_better_than_rand
     # A team return is 25 steps of 1.5 x (minus the summed landmark distances) less collisions: random moves
     # leave the landmarks about as far as the start (-100 or lower), covering them takes a few steps.
     assert random < -80 and -35 < scripted < -10 and half < 5, (random, scripted, half)
+
+
+# scripts/kaleidoscope_report.py: the run data the page reads is kept beside the page, a fresh checkout
+# rebuilds the page from it, and a build with no run data at all refuses rather than replacing the page.
+
+def kaleidoscope_report():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import kaleidoscope_report
+
+    return kaleidoscope_report
+
+
+def build_page(monkeypatch, root, out):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr("sys.argv", ["kaleidoscope_report.py", "--root", str(root), "--out", str(out),
+                                     "--template", str(repo / "docs" / "src" / "kaleidoscope.md")])
+    kaleidoscope_report().main()
+
+
+def fake_world_sweep(sweep):
+    """A finished World sweep of 2 arms x 2 seeds as `metarun -m` leaves it (tiny numbers), with what the page
+    does not read beside it: every run's checkpoints, log and W&B dir, metarun-report's report/."""
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    (sweep / "report").mkdir()
+    (sweep / "report" / "summary.md").write_text("report\n")
+    for job, (arm, seed) in enumerate([("kaleidoscope", 0), ("kaleidoscope", 1), ("full", 0), ("full", 1)]):
+        d = sweep / str(job)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- algo.share={arm}\n- seed={seed}\n")
+        OmegaConf.save(OmegaConf.create({"seed": seed, "iterations": 3, "eval_every": 1, "eval_tasks": 10, "threads": 1,
+                                         "algo": {"share": arm, "episodes_per_iteration": 4, "reset_interval": 200},
+                                         "task": {"episode_limit": 25}}), d / ".hydra" / "config.yaml")
+        rows = []
+        for k in (1, 2, 3):
+            row = {"iteration": k, "train/env_steps": 100 * k, "time": 10.0 * k, "eval/return": -50.0 + k + seed}
+            if arm == "kaleidoscope":
+                row["train/mask_distance"] = 0.1 * k
+                row.update({f"train/keep_agent{a}_fc{lay}": 0.9 - 0.01 * k for a in range(3) for lay in (2, 3, 4)})
+                row.update({f"train/mask_distance_{i}_{j}": 0.1 * k for i in range(3) for j in range(i + 1, 3)})
+            rows.append(json.dumps(row))
+        (d / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+        (d / "summary.json").write_text(json.dumps({"status": "completed", "test/return": -45.0 + seed, "time": 30.0,
+                                                    "wall_time": 40.0, "iteration": 3}))
+        torch.manual_seed(job)
+        net = QMIXNet((7,), 5, n_agents=3, state_dim=21, share=arm, hidden=8)
+        torch.save({"model": net.state_dict()}, d / "checkpoint.pt")
+        torch.save({"model": net.state_dict()}, d / "best.pt")
+        (d / "metarun.log").write_text("log\n")
+        (d / "wandb").mkdir()
+        (d / "wandb" / "run.wandb").write_text("w\n")
+
+
+def test_the_kept_run_data_is_what_the_page_reads_and_a_fresh_checkout_rebuilds_the_same_page(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    root, out = tmp_path / "runs", tmp_path / "doc" / "k.md"
+    fake_world_sweep(root / "world")
+    (root / "world_quick").mkdir()
+    (root / "world_quick" / "sweep.log").write_text("log\n")
+    (root / "world_quick" / "timing.json").write_text(json.dumps({
+        "command": "metarun -m +experiment=kaleidoscope_world", "exit_code": 0, "wall_seconds": 1500.0, "cpus": 2,
+        "cpu_slots": "2", "load_before": 0.1, "load_after": 1.9, "started": "2026-11-27T02:00:00"}))
+    build_page(monkeypatch, root, out)
+    kept = tmp_path / "doc" / "kaleidoscope" / "runs.tar.xz"
+    assert f"its run data kept in {kept}" in capsys.readouterr().out
+    page, archive = out.read_text(), kept.read_bytes()
+    # The World parts are built from the runs (the dead-weight share from the Kaleidoscope checkpoints), the rest is not run yet.
+    assert "| Kaleidoscope | 0, 1 |" in page and "% of fc2..fc4's weights are pruned" in page and "*Not run yet:*" in page
+    checkpoints = {job: (root / "world" / job / "checkpoint.pt").read_bytes() for job in ("0", "1")}
+
+    shutil.rmtree(root)  # a fresh checkout: no work dir, only the kept archive
+    build_page(monkeypatch, root, out)
+    assert f"restored the kept run data {kept} into {root}" in capsys.readouterr().out
+    assert out.read_text() == page
+    assert kept.read_bytes() == archive  # a rebuild from restored data does not churn the archive in git
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    run_files = [".hydra/config.yaml", ".hydra/overrides.yaml", "metrics.jsonl", "summary.json"]
+    assert files == sorted(["world/multirun.yaml", "world_quick/timing.json", "world/0/checkpoint.pt", "world/1/checkpoint.pt",
+                            *(f"world/{job}/{f}" for job in "0123" for f in run_files)])
+    assert {job: (root / "world" / job / "checkpoint.pt").read_bytes() for job in ("0", "1")} == checkpoints
+
+
+def test_a_build_with_no_run_data_and_no_kept_archive_refuses_and_leaves_the_page(tmp_path, monkeypatch, capsys):
+    root, out = tmp_path / "runs", tmp_path / "doc" / "k.md"
+    out.parent.mkdir()
+    out.write_text("the published page\n")
+    with pytest.raises(SystemExit) as exit_:
+        build_page(monkeypatch, root, out)
+    err = capsys.readouterr().err
+    kept = tmp_path / "doc" / "kaleidoscope" / "runs.tar.xz"
+    assert exit_.value.code == 2 and err.count("\n") == 1 and str(root) in err and str(kept) in err and "metarun -m" in err
+    assert out.read_text() == "the published page\n" and not kept.parent.exists()

@@ -380,29 +380,91 @@ def test_constructor_rejects_what_the_cli_cannot_see():
 def test_report_builds_the_doc_from_tiny_runs(tmp_path):
     import subprocess
     import sys
+    import tarfile
     from pathlib import Path
 
     tiny = ["iterations=3", "eval_every=3", "eval_tasks=4", "meta_batch_size=4", "task.lifetime_episodes=10", "task.swap_every=3",
             "algo.segment=4", "algo.unroll=2", "model.hidden=4", "threads=1"]
+    root = tmp_path / "runs"
+    run_dirs = []
     for env in ("empty_rooms", "random_abc", "key_box", "nonstationary_abc"):
         for seed in (0, 1):
-            run(make_cfg(f"+experiment=lifetime_{env}", f"seed={seed}", *tiny), tmp_path / env / "learned" / f"seed{seed}")
+            run_dirs.append(f"{env}/learned/seed{seed}")
+            run(make_cfg(f"+experiment=lifetime_{env}", f"seed={seed}", *tiny), root / run_dirs[-1])
         for reward in ("extrinsic_ep", "extrinsic_life", "count", "oracle"):
-            run(make_cfg(f"+experiment=lifetime_{env}", f"algo.reward={reward}", *tiny), tmp_path / env / reward)
+            run_dirs.append(f"{env}/{reward}")
+            run(make_cfg(f"+experiment=lifetime_{env}", f"algo.reward={reward}", *tiny), root / run_dirs[-1])
     for arm in ("feedforward", "episodic", "no_value"):
         for seed in (0, 1):
-            run(make_cfg("+experiment=lifetime_ablations", f"ablation={arm}", f"seed={seed}", *tiny), tmp_path / "ablations" / arm / f"seed{seed}")
+            run_dirs.append(f"ablations/{arm}/seed{seed}")
+            run(make_cfg("+experiment=lifetime_ablations", f"ablation={arm}", f"seed={seed}", *tiny), root / run_dirs[-1])
+    # What a run dir of scripts/lifetime_runs.sh also holds, none of which the doc reads.
+    seed0 = root / "random_abc" / "learned" / "seed0"
+    for junk in (".hydra/config.yaml", "wandb/run-1/files/output.log", "metarun.log"):
+        (seed0 / junk).parent.mkdir(parents=True, exist_ok=True)
+        (seed0 / junk).write_text("junk\n")
+    assert (seed0 / "checkpoint.pt").is_file()
+    bench = {"env": "random_abc", "lifetimes": 8, "eval_lifetimes_per_s_batched": 4.0, "eval_lifetimes_per_s_loop": 1.0,
+             "eval_speedup": 4.0, "train_lifetime_steps_per_meta_update": 64, "train_meta_updates_per_s_batched": 2.0,
+             "train_meta_updates_per_s_loop": 0.5, "train_speedup": 4.0, "threads": 1, "date": "2024-01-01"}
+    (root / "bench.jsonl").write_text(json.dumps(bench) + "\n")
     out = tmp_path / "doc" / "lifetime_rewards.md"
     script = Path(__file__).resolve().parents[1] / "scripts" / "lifetime_report.py"
-    result = subprocess.run([sys.executable, str(script), "--root", str(tmp_path), "--lifetimes", "4", "--chunk", "2", "--out", str(out)],
-                            capture_output=True, text=True, timeout=600)
+    command = [sys.executable, str(script), "--root", str(root), "--lifetimes", "4", "--chunk", "2", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     text = out.read_text()
     for claim in ("beats Extrinsic-EP", "beats Extrinsic-LIFE", "explores until the goal is found", "learns to avoid B",
                   "fail to open boxes", "changes around the swap"):
         assert claim in text, claim
     assert text.count("**reproduced**") + text.count("**not resolved**") + text.count("**contradicted**") >= 12
-    assert "feed-forward reward" in text and "{{" not in text
+    assert "feed-forward reward" in text and "{{" not in text and "4.0x" in text  # the bench lines are read
     figures = sorted(p.name for p in (out.parent / "lifetime_rewards").glob("*.png"))
     assert "empty_rooms_intrinsic.png" in figures and "random_abc_ablations.png" in figures and len(figures) >= 9
-    assert (tmp_path / "random_abc" / "learned" / "seed0" / "lifetimes_test.pt").is_file()  # evaluations are cached
+    assert (seed0 / "lifetimes_test.pt").is_file()  # evaluations are cached
+
+    # The run data is kept beside the figures: per run its summary, config, metrics and cached test
+    # lifetimes (every run here was evaluated), and the bench lines; no checkpoint, W&B dir or log.
+    kept = out.parent / "lifetime_rewards" / "runs.tar.xz"
+    with tarfile.open(kept) as tar:
+        files = sorted("/".join(Path(m.name).parts) for m in tar.getmembers() if m.isfile())
+    names = ("config.yaml", "lifetimes_test.pt", "metrics.jsonl", "summary.json")
+    assert files == sorted(["bench.jsonl"] + [f"{d}/{name}" for d in run_dirs for name in names])
+    assert f"run data kept in {kept}" in result.stdout
+
+    # A checkout without the runs: the kept data is restored and the doc rebuilt from the cached
+    # lifetimes (no checkpoint to evaluate with), the same page.
+    archive = kept.read_bytes()
+    root.rename(tmp_path / "runs_before")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"restored the kept run data {kept} into {root}" in result.stdout
+    assert not list(root.rglob("checkpoint.pt")) and out.read_text() == text
+    cache = Path("random_abc", "learned", "seed0", "lifetimes_test.pt")
+    assert (root / cache).read_bytes() == (tmp_path / "runs_before" / cache).read_bytes()  # read, not recomputed
+    assert kept.read_bytes() == archive  # kept again unchanged: no churn in git
+
+
+@pytest.mark.parametrize("runs", ["none", "unfinished"])
+def test_report_without_runs_or_kept_data_exits_2_and_leaves_the_page(tmp_path, monkeypatch, capsys, runs):
+    import sys
+
+    from conftest import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "scripts"))
+    import lifetime_report
+
+    root = tmp_path / "runs"
+    if runs == "unfinished":  # a run still going: nothing the doc can show yet
+        (root / "random_abc" / "learned" / "seed0").mkdir(parents=True)
+        (root / "random_abc" / "learned" / "seed0" / "summary.json").write_text(json.dumps({"status": "running"}))
+    out = tmp_path / "doc" / "lifetime_rewards.md"
+    out.parent.mkdir()
+    out.write_text("the published page\n")
+    monkeypatch.setattr(sys, "argv", ["lifetime_report.py", "--root", str(root), "--out", str(out)])
+    with pytest.raises(SystemExit) as exit_:
+        lifetime_report.main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert str(root) in err and str(out.parent / "lifetime_rewards" / "runs.tar.xz") in err and "lifetime_runs.sh" in err
+    assert out.read_text() == "the published page\n" and [p.name for p in out.parent.iterdir()] == ["lifetime_rewards.md"]

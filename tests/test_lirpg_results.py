@@ -1,12 +1,15 @@
 """scripts/lirpg_results.py on synthetic run dirs: arms from configs, verdicts from the CI of the
 difference, stopped runs listed with their resume command, eager and compiled runs timed apart, and
-the speed target judged on the benchmark's compiled ratio."""
+the speed target judged on the benchmark's compiled ratio; the files the page read kept beside it, and
+the page rebuilt from them on a checkout without runs."""
 import json
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,3 +100,99 @@ def test_the_page_says_when_the_protocol_is_complete_and_what_is_left_until_then
     doc = render(tmp_path, bench(2.7, 1.8))
     assert "The protocol is complete: every arm has finished seeds 0, 1, 2, 3, 4 on Hopper-v5 and HalfCheetah-v5." in doc
     assert "To complete the protocol" not in doc and "what ran is what fitted" not in doc
+
+
+sys.path.insert(0, str(REPO / "scripts"))
+import lirpg_results  # noqa: E402
+
+
+def outputs_with_other_pages_runs(outputs):
+    """An outputs/ folder as the script scans it: this page's runs (completed, stopped, failed), peer
+    results and benchmark, with files the page does not read beside them, and other pages' runs."""
+    lirpg = outputs / "lirpg"
+    for seed in (0, 1):
+        fake_run(lirpg, "ppo", seed, 1000 + 10 * seed)
+        fake_run(lirpg, "lirpg", seed, 2000 + 10 * seed)
+    fake_run(lirpg, "ppo", 2, 500, stopped_at=2)
+    fake_run(lirpg, "lirpg", 2, 0, stopped_at=1)
+    (lirpg / "lirpg_e_d20" / "2" / "summary.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    run = lirpg / "ppo_e_d20" / "0"
+    (run / "checkpoint.pt").write_bytes(b"weights")
+    (run / "wandb").mkdir()
+    (run / "wandb" / "run.wandb").write_text("x")
+    (run / "train.log").write_text("log\n")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (lirpg / "peer").mkdir()
+    for impl in ("metarun", "sb3"):
+        for seed in (0, 1):
+            (lirpg / "peer" / f"{impl}_{seed}.json").write_text(json.dumps(
+                {"impl": impl, "env_id": "Hopper-v5", "seed": seed, "env_steps": 6144, "final_return": 900.0 + seed,
+                 "steps_per_second": 500.0, "train_time": 120.0}))
+    (lirpg / "peer" / "sb3_0.zip").write_bytes(b"model")
+    (lirpg / "bench.json").write_text(json.dumps(bench(2.7, 1.8)))
+    fake_run(lirpg / "full", "ppo", 0, 3000, iterations=488)  # the paper's budget: not a run of a 3-update page
+    other = outputs / "convergence" / "sweep" / "0"
+    other.mkdir(parents=True)
+    (other / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "task": {"_target_": "metarun.tasks.omniglot.Omniglot"}}))
+    (other / "summary.json").write_text(json.dumps({"status": "completed"}))
+    (other / "checkpoint.pt").write_bytes(b"weights")
+
+
+def build_page(tmp_path, monkeypatch, outputs):
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository; this puts the test's directory back
+    monkeypatch.setattr(sys, "argv", ["lirpg_results.py", "--runs", str(outputs), "--peer", str(outputs / "lirpg" / "peer"),
+                                      "--bench", str(outputs / "lirpg" / "bench.json"), "--out", str(tmp_path / "docs" / "lirpg.md"),
+                                      "--iterations", "3"])
+    lirpg_results.main()
+
+
+def test_the_kept_archive_holds_exactly_the_files_the_page_read(tmp_path, monkeypatch, capsys):
+    outputs = tmp_path / "outputs"
+    outputs_with_other_pages_runs(outputs)
+    build_page(tmp_path, monkeypatch, outputs)
+    kept = tmp_path / "docs" / "lirpg" / "runs.tar.xz"  # beside the page, by default
+    assert f"its run data kept in {kept}" in capsys.readouterr().out
+    page = (tmp_path / "docs" / "lirpg.md").read_text()
+    assert "failed: boom" in page and "stopped after 4,096 env steps" in page and "Stable-Baselines3 PPO" in page
+    with tarfile.open(kept) as tar:
+        members = {Path(m.name).parts: m.isfile() for m in tar.getmembers()}
+    files = {parts for parts, is_file in members.items() if is_file}
+    runs = [("lirpg", "ppo_e_d20", seed) for seed in "012"] + [("lirpg", "lirpg_e_d20", seed) for seed in "012"]
+    assert files == ({run + (name,) for run in runs for name in ("config.yaml", "summary.json", "metrics.jsonl")}
+                     | {("lirpg", "peer", f"{impl}_{seed}.json") for impl in ("metarun", "sb3") for seed in "01"}
+                     | {("lirpg", "bench.json")})
+    # and no folder but those holding them: no W&B dir, no other page's or budget's runs
+    assert {parts for parts, is_file in members.items() if not is_file} == {parts[:i] for parts in files for i in range(len(parts))}
+
+
+def test_a_fresh_checkout_rebuilds_the_same_page_from_the_archive(tmp_path, monkeypatch, capsys):
+    outputs = tmp_path / "outputs"
+    outputs_with_other_pages_runs(outputs)
+    build_page(tmp_path, monkeypatch, outputs)
+    page, kept = tmp_path / "docs" / "lirpg.md", tmp_path / "docs" / "lirpg" / "runs.tar.xz"
+    published, archive = page.read_text(), kept.read_bytes()
+    shutil.rmtree(outputs)  # a checkout with no run data: only the page, its figures and the archive
+    capsys.readouterr()
+    build_page(tmp_path, monkeypatch, outputs)
+    restored = outputs / "lirpg" / "kept"
+    assert capsys.readouterr().out.splitlines()[0] == f"restored the kept run data {kept} into {restored}"
+    assert (restored / "lirpg" / "ppo_e_d20" / "0" / "metrics.jsonl").is_file()
+    # the same page, naming the run dirs where they ran (the resume command too), not where they were unpacked
+    assert page.read_text() == published and f"run_dir={outputs / 'lirpg' / 'ppo_e_d20' / '2'}`" in published
+    assert kept.read_bytes() == archive
+
+
+def test_no_runs_and_no_archive_exits_2_and_leaves_the_page(tmp_path, monkeypatch, capsys):
+    outputs = tmp_path / "outputs"
+    fake_run(outputs / "lirpg", "ppo", 0, 3000, iterations=488)  # another budget's run only: nothing this page reads
+    page = tmp_path / "docs" / "lirpg.md"
+    page.parent.mkdir()
+    page.write_text("the published page\n")
+    with pytest.raises(SystemExit) as exit_:
+        build_page(tmp_path, monkeypatch, outputs)
+    out, err = capsys.readouterr()
+    kept = tmp_path / "docs" / "lirpg" / "runs.tar.xz"
+    assert exit_.value.code == 2 and out == "" and err.count("\n") == 1
+    assert str(outputs) in err and str(kept) in err and "lirpg_delayed_sweep" in err
+    assert page.read_text() == "the published page\n" and not kept.exists() and not (outputs / "lirpg" / "kept").exists()
