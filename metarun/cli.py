@@ -263,7 +263,7 @@ def expand_run_dir(argv):
 
 @hydra.main(version_base="1.3", config_path="pkg://metarun.conf", config_name="config")
 def hydra_main(cfg):
-    from metarun.train import NonFiniteLoss, run
+    from metarun.train import NonFiniteLoss, Stopped, run
 
     hc = HydraConfig.get()
     multirun = hc.mode.name == "MULTIRUN"
@@ -292,16 +292,18 @@ def hydra_main(cfg):
         # status "failed", metarun-report flags it, and FailedRunsCallback sets the exit code.
         print(f"metarun: error: {hc.runtime.output_dir}: {e}; the sweep goes on", file=sys.stderr)
         return None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        code = 143 if isinstance(e, Stopped) else 130  # the shell's codes for SIGTERM and SIGINT
         if cfg.mode == "eval":
-            fail("interrupted", code=130)
+            fail("interrupted", code=code)
         try:
             where = json.loads((Path(hc.runtime.output_dir) / "summary.json").read_text())
             at = f" at iteration {where['iteration']}"
             since = f" from the checkpoint at iteration {where.get('checkpoint_iteration') or 0}"
         except (OSError, ValueError, KeyError):
             at = since = ""
-        fail(f"interrupted{at}; `metarun resume=true run_dir={hc.runtime.output_dir}` continues{since}", code=130)
+        how = "stopped by SIGTERM" if isinstance(e, Stopped) else "interrupted"
+        fail(f"{how}{at}; `metarun resume=true run_dir={hc.runtime.output_dir}` continues{since}", code=code)
     report = {k: v for k, v in summary.items() if k.startswith(("test/", "val/", "lake/error")) and "_step" not in k}
     print("final: " + "  ".join(f"{k}={v:.4g}" for k, v in report.items()) + f"  time={summary['time']:.1f}s")
     print(f"run dir: {hc.runtime.output_dir}")

@@ -4,8 +4,11 @@ Read top to bottom: `build` instantiates task, model, optimizer and algorithm; `
 meta-iterations with periodic evaluation and checkpoints; the final meta-test figures go to
 summary.json.
 """
+import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -28,6 +31,27 @@ from metarun.tasks import EnvTaskFamily, KnowsOptimum, MultiAgentTaskFamily, Rea
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a Slurm time limit or preemption, `kill`) stopped the run at the end of an iteration,
+    after writing a checkpoint there: resume=true loses none of its work. A KeyboardInterrupt, so
+    that whatever stops on Ctrl-C stops on it too."""
+
+
+@contextlib.contextmanager
+def sigterm_requests():
+    """While training, SIGTERM asks the loop to stop after the iteration it is in, rather than kill it
+    mid-step and lose the work since the last checkpoint: the yielded list gets the signal. Only the
+    main thread can take signals; in another, SIGTERM keeps its default."""
+    requested = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.append(signum)) if main else None
+    try:
+        yield requested
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def build(cfg, task=None):
@@ -256,74 +280,81 @@ def run(cfg, run_dir, group=None, name=None):
     last_good = start if cfg.resume else None
     done = start  # the last completed iteration
     status = "failed"
-    try:
-        if start == 0:
-            record(0, validation(0))
-        bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations,
-                   disable=not cfg.progress, desc=algo_name(cfg), dynamic_ncols=True,
-                   mininterval=1.0)
-        for it in bar:
-            t0 = time.perf_counter()
-            batch = task.sample(cfg.meta_batch_size, generator, "train")
-            metrics = algo.step(batch)
-            train_time += time.perf_counter() - t0
-            done = it
-            if not all(math.isfinite(v) for v in metrics.values()):
-                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-                kept = f"the last good checkpoint ({ckpt_path}, iteration {last_good}) is kept" if last_good is not None else "no checkpoint was written yet"
-                raise NonFiniteLoss(f"training stopped at iteration {it}: non-finite {bad}; lower optim.lr or algo.inner_lr; {kept}")
-            for k, v in algo.oracle_calls(cfg.meta_batch_size).items():
-                oracle[k] = oracle.get(k, 0) + v
-            row = {f"train/{k}": v for k, v in metrics.items()}
-            if it % cfg.eval_every == 0 or it == cfg.iterations:
-                row.update(validation(it))
-                record(it, row)
-            elif it % cfg.log_every == 0:
-                record(it, row)
-            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                save(it)
-                last_good = it
-            # Validation figures as val_<name>, so they do not overwrite the training ones of the same name.
-            bar.set_postfix({k.replace("train/", "").replace("eval/", "val_"): f"{v:.4g}" for k, v in row.items()
-                             if k in ("train/loss", "train/accuracy", "train/return", "eval/loss", "eval/accuracy", "eval/return")},
-                            refresh=False)
-        bar.close()
-        tested, tested_file = cfg.iterations, ckpt_path.name
-        val = last_val[1] if last_val is not None and last_val[0] == cfg.iterations else None
-        if cfg.test_checkpoint == "best" and best is not None:
-            state = checkpoint.load(best_path)
-            model.load_state_dict(state["model"])
-            algo.load_state_dict(state["algo"])
-            tested, tested_file, val = best["iteration"], best_path.name, state.get("val")
-            print(f"metarun: testing best.pt (iteration {tested}, {best['metric']} {best['value']:.4g})", flush=True)
-        # The number of test-time inner steps is chosen on the validation split, at the tested
-        # parameters: test/<metric> is the test figure after that many steps (all of 0..eval_steps stay).
-        steps = chosen_steps(val if val is not None else evaluation("val", "eval"))
-        tested_tasks = per_task("test")
-        final = at_steps(summarize(tested_tasks, "test"), "test", steps)
-        if cfg.get("eval_protocol") == "lake":
-            final.update(lake_summary(tested_tasks, eval_task, cfg, steps, run_dir))
-        summary.update(final, status="completed", iteration=cfg.iterations, tested_iteration=tested,
-                       tested_checkpoint=tested_file, test_steps=steps, time=train_time,
-                       # the whole run's, evaluations included: across resumes, as `time` (the work a kill
-                       # threw away after the last checkpoint is not counted; its redo is)
-                       wall_time=wall_before + time.perf_counter() - wall_start,
-                       threads=torch.get_num_threads(),  # what the times above were measured with
-                       **{f"oracle/{k}": v for k, v in oracle.items()})
-        status = "completed"
-        return summary
-    except NonFiniteLoss as e:
-        # `failure` says what kind for scripts (the report counts diverged runs as censored); `error` is for people
-        summary.update(status="failed", failure="non_finite", error=str(e), iteration=done)
-        raise
-    except KeyboardInterrupt:
-        summary.update(status="interrupted", iteration=done,
-                       error=f"interrupted by the user at iteration {done}; resume=true run_dir={run_dir} continues "
-                             f"from the checkpoint at iteration {last_good if last_good is not None else 0}")
-        raise
-    except Exception as e:
-        summary.update(status="failed", failure="exception", error=f"{type(e).__name__}: {e}", iteration=done)
-        raise
-    finally:
-        write_summary(run_dir, summary)
-        loggers.finish(summary if status == "completed" else {"status": summary["status"]})
+    with sigterm_requests() as stop:
+        try:
+            if start == 0:
+                record(0, validation(0))
+            bar = tqdm(range(start + 1, cfg.iterations + 1), initial=start, total=cfg.iterations,
+                       disable=not cfg.progress, desc=algo_name(cfg), dynamic_ncols=True,
+                       mininterval=1.0)
+            for it in bar:
+                t0 = time.perf_counter()
+                batch = task.sample(cfg.meta_batch_size, generator, "train")
+                metrics = algo.step(batch)
+                train_time += time.perf_counter() - t0
+                done = it
+                if not all(math.isfinite(v) for v in metrics.values()):
+                    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                    kept = f"the last good checkpoint ({ckpt_path}, iteration {last_good}) is kept" if last_good is not None else "no checkpoint was written yet"
+                    raise NonFiniteLoss(f"training stopped at iteration {it}: non-finite {bad}; lower optim.lr or algo.inner_lr; {kept}")
+                for k, v in algo.oracle_calls(cfg.meta_batch_size).items():
+                    oracle[k] = oracle.get(k, 0) + v
+                row = {f"train/{k}": v for k, v in metrics.items()}
+                if it % cfg.eval_every == 0 or it == cfg.iterations:
+                    row.update(validation(it))
+                    record(it, row)
+                elif it % cfg.log_every == 0:
+                    record(it, row)
+                if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                    save(it)
+                    last_good = it
+                if stop and it < cfg.iterations:  # SIGTERM: this iteration's checkpoint, then stop
+                    if last_good != it:
+                        save(it)
+                        last_good = it
+                    raise Stopped
+                # Validation figures as val_<name>, so they do not overwrite the training ones of the same name.
+                bar.set_postfix({k.replace("train/", "").replace("eval/", "val_"): f"{v:.4g}" for k, v in row.items()
+                                 if k in ("train/loss", "train/accuracy", "train/return", "eval/loss", "eval/accuracy", "eval/return")},
+                                refresh=False)
+            bar.close()
+            tested, tested_file = cfg.iterations, ckpt_path.name
+            val = last_val[1] if last_val is not None and last_val[0] == cfg.iterations else None
+            if cfg.test_checkpoint == "best" and best is not None:
+                state = checkpoint.load(best_path)
+                model.load_state_dict(state["model"])
+                algo.load_state_dict(state["algo"])
+                tested, tested_file, val = best["iteration"], best_path.name, state.get("val")
+                print(f"metarun: testing best.pt (iteration {tested}, {best['metric']} {best['value']:.4g})", flush=True)
+            # The number of test-time inner steps is chosen on the validation split, at the tested
+            # parameters: test/<metric> is the test figure after that many steps (all of 0..eval_steps stay).
+            steps = chosen_steps(val if val is not None else evaluation("val", "eval"))
+            tested_tasks = per_task("test")
+            final = at_steps(summarize(tested_tasks, "test"), "test", steps)
+            if cfg.get("eval_protocol") == "lake":
+                final.update(lake_summary(tested_tasks, eval_task, cfg, steps, run_dir))
+            summary.update(final, status="completed", iteration=cfg.iterations, tested_iteration=tested,
+                           tested_checkpoint=tested_file, test_steps=steps, time=train_time,
+                           # the whole run's, evaluations included: across resumes, as `time` (the work a kill
+                           # threw away after the last checkpoint is not counted; its redo is)
+                           wall_time=wall_before + time.perf_counter() - wall_start,
+                           threads=torch.get_num_threads(),  # what the times above were measured with
+                           **{f"oracle/{k}": v for k, v in oracle.items()})
+            status = "completed"
+            return summary
+        except NonFiniteLoss as e:
+            # `failure` says what kind for scripts (the report counts diverged runs as censored); `error` is for people
+            summary.update(status="failed", failure="non_finite", error=str(e), iteration=done)
+            raise
+        except KeyboardInterrupt as e:
+            by = "stopped by SIGTERM" if isinstance(e, Stopped) else "interrupted by the user"
+            summary.update(status="interrupted", iteration=done,
+                           error=f"{by} at iteration {done}; resume=true run_dir={run_dir} continues "
+                                 f"from the checkpoint at iteration {last_good if last_good is not None else 0}")
+            raise
+        except Exception as e:
+            summary.update(status="failed", failure="exception", error=f"{type(e).__name__}: {e}", iteration=done)
+            raise
+        finally:
+            write_summary(run_dir, summary)
+            loggers.finish(summary if status == "completed" else {"status": summary["status"]})

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import run_metarun
 
@@ -78,11 +79,12 @@ def test_a_diverged_run_does_not_cancel_the_rest_of_the_sweep(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def kill_past_checkpoint(args, run_dir, cwd, checkpoint=50):
-    """Start `metarun *args` and SIGKILL it once `run_dir`'s log holds lines past its first checkpoint
-    (`checkpoint`), which a resume must discard. Waits on the files, not on a timer."""
+def kill_past_checkpoint(args, run_dir, cwd, checkpoint=50, sig=signal.SIGKILL):
+    """Start `metarun *args` and send it `sig` once `run_dir`'s log holds lines past its first checkpoint
+    (`checkpoint`), which a resume must discard. Waits on the files, not on a timer. Returns the
+    process's exit code and stderr."""
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(["metarun", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(["metarun", *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = run_dir / "metrics.jsonl"
 
     def logged_past_checkpoint():
@@ -94,8 +96,9 @@ def kill_past_checkpoint(args, run_dir, cwd, checkpoint=50):
     deadline = time.time() + 300
     while not logged_past_checkpoint() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate()
+    return proc.returncode, err
 
 
 def test_a_killed_sweep_resumes_job_by_job(tmp_path):
@@ -154,6 +157,20 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     a = json.loads((tmp_path / "killed" / "summary.json").read_text())
     b = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert a["test/loss"] == b["test/loss"] and a["status"] == "completed"
+
+
+def test_sigterm_stops_a_run_with_a_checkpoint_at_the_iteration_it_reached(tmp_path):
+    # A Slurm time limit sends SIGTERM: the run ends its iteration, checkpoints it, and says so on one line.
+    args = ["iterations=100000", "eval_every=100", "log_every=10", "eval_tasks=20", "checkpoint_every=50", "progress=false",
+            "hydra.run.dir=stopped"]
+    code, err = kill_past_checkpoint(args, tmp_path / "stopped", cwd=tmp_path, sig=signal.SIGTERM)
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    reached = summary["iteration"]
+    assert code == 143 and err.count("\n") == 1 and "Traceback" not in err, err[-2000:]
+    assert f"stopped by SIGTERM at iteration {reached}; `metarun resume=true run_dir=" in err
+    assert f"continues from the checkpoint at iteration {reached}" in err
+    assert summary["status"] == "interrupted" and summary["checkpoint_iteration"] == reached > 50
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["iteration"] == reached
 
 
 def test_resume_refuses_corrupt_and_mismatched_checkpoints(tmp_path):

@@ -7,11 +7,13 @@ log lines past it: what Ctrl-C does, in-process so the test stays fast (tests/te
 real process with SIGKILL).
 """
 import json
+import os
+import signal
 
 import pytest
 import torch
 
-from metarun.train import run
+from metarun.train import Stopped, run
 from test_algos import make_cfg
 
 
@@ -59,6 +61,37 @@ def test_resume_of_maml_with_best_pt(tmp_path, monkeypatch):
 
     full, _ = check_resume_equals_uninterrupted(tmp_path, monkeypatch, MAML, [*FAST, "test_checkpoint=best", "optim.lr=0.01"], 7)
     assert full["tested_checkpoint"] == "best.pt"
+
+
+def test_sigterm_stops_at_the_end_of_its_iteration_with_a_checkpoint_there_and_resume_loses_nothing(tmp_path, monkeypatch):
+    # As a Slurm time limit: SIGTERM arrives inside step 7 (checkpoints every 4). The run finishes
+    # iteration 7, writes its checkpoint there rather than dying with 3 iterations past the one at 4,
+    # and resuming from it gives the uninterrupted run.
+    from metarun.algos.maml import MAML
+
+    cfg = make_cfg(*FAST, "optim.lr=0.01")
+    full = run(cfg, tmp_path / "full")
+    step, calls = MAML.step, []
+
+    def step_then_sigterm(self, batch):
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled between two statements: the step itself completes
+        return step(self, batch)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(MAML, "step", step_then_sigterm)
+    with pytest.raises(Stopped):
+        run(cfg, tmp_path / "stopped")
+    monkeypatch.setattr(MAML, "step", step)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler lives only as long as the training loop
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["error"].startswith("stopped by SIGTERM at iteration 7;")
+    assert summary["checkpoint_iteration"] == 7 and "from the checkpoint at iteration 7" in summary["error"]
+    assert torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=True)["iteration"] == 7
+    resumed = run(make_cfg(*FAST, "optim.lr=0.01", "resume=true"), tmp_path / "stopped")
+    assert rows(tmp_path / "stopped") == rows(tmp_path / "full")
+    assert {k: v for k, v in resumed.items() if k.startswith("test/")} == {k: v for k, v in full.items() if k.startswith("test/")}
 
 
 def test_resume_of_reptile_paper_mode(tmp_path, monkeypatch):
