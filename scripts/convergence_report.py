@@ -876,8 +876,7 @@ def main():
     restored = set()
     for preset, scale in needed:
         kept, sweep_dir = archive_path(docs, preset, scale), sweep_path(work, preset, scale)
-        if restore_sweep(kept, sweep_dir):
-            print(f"  {preset} ({scale}): restored from {kept}", flush=True)
+        if restore_sweep(kept, sweep_dir):  # says so on one line
             run_reports(sweep_dir)
             restored.add(sweep_dir)
     for preset in args.presets:

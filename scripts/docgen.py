@@ -106,8 +106,9 @@ def keep_runs(root, archive, drop=lambda parts: False):
 
 def restore_runs(archive, root, script=None):
     """Unpack kept run data into `root` if the work dir has no such folder (local runs are never
-    overwritten); False when there is nothing to restore. Unpacked beside it, then renamed, so a failed
-    unpack leaves nothing half-there; a corrupt archive is one line naming it, and exit 2."""
+    overwritten), and say so on one line; False when there is nothing to restore. Unpacked beside it,
+    then renamed, so a failed unpack leaves nothing half-there; a corrupt archive is one line naming it,
+    and exit 2."""
     archive, root = Path(archive), Path(root)
     if root.exists() or not archive.is_file():
         return False
@@ -122,4 +123,5 @@ def restore_runs(archive, root, script=None):
         print(f"{script}: cannot unpack {archive} ({e}); restore it with `git checkout -- {archive}` or delete it", file=sys.stderr)
         raise SystemExit(2) from None
     os.replace(tmp, root)
+    print(f"restored the kept run data {archive} into {root}", flush=True)
     return True

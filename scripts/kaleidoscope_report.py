@@ -486,8 +486,7 @@ def main():
     root, out = Path(args.root), Path(args.out)
     figures = out.parent / "kaleidoscope"
     kept = figures / "runs.tar.xz"
-    if restore_runs(kept, root, script="kaleidoscope_report"):
-        print(f"restored the kept run data {kept} into {root}")
+    restore_runs(kept, root, script="kaleidoscope_report")
     if args.time_quick:
         time_quick(root / "world_quick")
     if not has_run_data(root):

@@ -516,8 +516,7 @@ def main():
     # Restored before running too: a run redoes only the sweeps it runs (run_sweep deletes their dirs and
     # the Omniglot per-task cache), and the page still reads the rest (the other study with --only,
     # bench.json). Later it never would be: any run creates the work dir.
-    if restore_runs(kept, work, script="learned_subsets_report"):
-        print(f"restored the kept run data {kept} into {work}")
+    restore_runs(kept, work, script="learned_subsets_report")
     if not args.skip_runs:
         for study in ([args.only] if args.only else STUDIES):
             extra = [f"task.root={args.data}"] if study == "omniglot" and args.data else []

@@ -388,8 +388,7 @@ def main():
     figdir = out.parent / "lifetime_rewards"
     kept = Path(args.kept) if args.kept else figdir / "runs.tar.xz"
     bench = Path(args.bench) if args.bench else Path(args.root) / "bench.jsonl"
-    if restore_runs(kept, args.root, script="lifetime_report"):
-        print(f"restored the kept run data {kept} into {args.root}", flush=True)
+    restore_runs(kept, args.root, script="lifetime_report")
     runs = find_runs(args.root)
     if not runs:  # an empty doc would replace the published one
         print(f"lifetime_report: no completed run under {args.root} and none restored from {kept} (unpacked only into a "

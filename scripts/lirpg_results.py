@@ -440,8 +440,7 @@ def main():
     source = runs_root
     runs, stopped = read_runs(runs_root, args.iterations, skip=restored)
     if not page_inputs(runs, stopped, peer, bench):
-        if restore_runs(kept, restored, script="lirpg_results"):
-            print(f"restored the kept run data {kept} into {restored}")
+        restore_runs(kept, restored, script="lirpg_results")
         if restored.is_dir():
             source, peer, bench = restored, moved(peer, runs_root, restored), moved(bench, runs_root, restored)
             runs, stopped = read_runs(restored, args.iterations, shown_under=runs_root)

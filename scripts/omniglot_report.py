@@ -571,8 +571,7 @@ def main():
             for name in planned_evals(arm):
                 print(" ".join(eval_command(arm, name)))
         return
-    if restore_runs(KEPT, OUT, script="omniglot_report"):
-        print(f"restored the kept run data {KEPT} into {OUT}")
+    restore_runs(KEPT, OUT, script="omniglot_report")
     if args.run:
         run_arms(args.run)
         return

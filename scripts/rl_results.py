@@ -229,8 +229,6 @@ def main():
         return bench(args.bench, args.root)
     kept = args.kept or args.docs / "maml_rl" / "runs.tar.xz"
     restored = restore_runs(kept, args.root, script="rl_results")
-    if restored:
-        print(f"rl_results: restored the kept run data {kept} into {args.root}")
 
     summaries = {}
     for name in RUNS:  # in order: pretrained_reference evaluates the pretrained run
