@@ -442,8 +442,9 @@ def select_inner_lr(runs):
         for n in ns:
             losses = [final_val_loss(r) for r in select(runs, **{"algo.inner_steps": n}) if float(r["overrides"]["algo.inner_lr"]) == alpha]
             medians.append(statistics.median(losses) if losses and not any(map(math.isnan, losses)) else math.nan)
-            diverged_runs += sum(map(math.isinf, losses))
-            row[f"N={n}"] = f"{fmt(medians[-1])} ({sum(map(math.isinf, losses))} of {len(losses)} diverged)"
+            diverged_here = sum(map(math.isinf, losses))
+            diverged_runs += diverged_here
+            row[f"N={n}"] = f"{fmt(medians[-1])} ({diverged_here} of {len(losses)} diverged)"
         row["_worst"] = math.nan if any(map(math.isnan, medians)) else max(medians)
         row["_diverged"] = diverged_runs
         row["worst N"] = fmt(row["_worst"])
