@@ -12,7 +12,7 @@ with one busy process, 2 threads made every workload about 2x slower than 1 thre
 4. a job of a sweep that runs jobs side by side on this machine (joblib launcher, submitit_local):
    the CPUs divided by the jobs running at once.
 5. otherwise the cores idle at start, measured over IDLE_SAMPLE seconds (at least 1).
-OMP_NUM_THREADS, when set (schedulers, joblib workers and `cpujob` set it), caps the count.
+OMP_NUM_THREADS, when set (schedulers and joblib workers set it), caps the count.
 `threads=null` keeps torch's own default (all cores).
 """
 import copy

@@ -21,6 +21,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from docgen import cpu_name, machine_busy_seconds  # scripts/docgen.py, beside this script
 
 from metarun.algos.maml import MAML
 from metarun.models.conv4 import Conv4
@@ -69,7 +70,8 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    load = os.getloadavg()
+    load = load_start = os.getloadavg()
+    busy_start, cpu_start = machine_busy_seconds(), time.process_time()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"conv4 (64 channels, 28x28), {args.ways}-way 1-shot, 1 query per class, meta-batch {args.meta_batch}, "
           f"{args.steps} inner step(s), second order, vmap_chunk {args.vmap_chunk}")
@@ -93,12 +95,16 @@ def main():
         met[rule] = ratio <= bound
         print(f"{'MET ' if met[rule] else 'MISS'}  {rule} at most {bound}x MAML per meta-iteration: {ratio:.3f}x")
     load = os.getloadavg()
-    print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    # This process's CPU seconds over the machine's busy seconds meanwhile: near 1 when nothing else ran.
+    share = (time.process_time() - cpu_start) / (machine_busy_seconds() - busy_start) if busy_start is not None else None
+    print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+          + (f"; this process had {share:.0%} of the machine's busy CPU seconds" if share is not None else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"threads": torch.get_num_threads(), "ways": args.ways, "meta_batch": args.meta_batch, "steps": args.steps,
                        "repeats": args.repeats, "seconds": times, "median": median,
-                       "ratio": {r: median[r] / median["fixed"] for r in RULES}, "met": met}, f, indent=2)
+                       "ratio": {r: median[r] / median["fixed"] for r in RULES}, "met": met, "cpu": cpu_name(),
+                       "machine_share": share, "load_start": load_start[0], "load_end": load[0]}, f, indent=2)
 
 
 if __name__ == "__main__":

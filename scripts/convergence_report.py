@@ -78,7 +78,7 @@ def run_sweep(preset, scale, sweep_dir, data, seeds=None, launcher=None, resume=
     from their checkpoints, finished ones are skipped), as a `scale=full` sweep spread over sessions needs.
 
     Appends to <sweep_dir>/timing.json what the process can know of the conditions: wall-clock,
-    jobs at once, the CPU slots it held (cpujob's METARUN_CPUJOB_SLOTS) and the load average.
+    jobs at once, and what docgen.timed_run measures of the machine (the sweep's share of its busy CPU, the load).
     """
     resume = resume and (sweep_dir / "multirun.yaml").is_file()  # --resume on a sweep never started starts it
     if resume and seeds is None and finished_jobs(sweep_dir) >= declared_jobs(preset, scale):
@@ -384,8 +384,10 @@ def fmt(v, digits=3):
 
 # ---------------------------------------------------------------- claims
 
-def claim_rows(runs_by_preset):
-    """The verdict table: one row per (claim, data set, N or pair, measure), one column per axis."""
+def claim_rows(runs_by_preset, unmatched=()):
+    """The verdict table: one row per (claim, data set, N or pair, measure), one column per axis; the
+    seconds cells of the presets in `unmatched` (timed in parts on processors that differ or were not
+    recorded) marked so."""
     rows = []
     specs = [("1. strongly convex: faster with larger N", "anil_strongly_convex", "less"),
              ("2. nonconvex: slower with larger N", "anil_nonconvex", "greater")]
@@ -404,7 +406,7 @@ def claim_rows(runs_by_preset):
                     if measure == "grad_sq_mean":
                         shares = {f"N={large}": median_spike_share(a), f"N={small}": median_spike_share(b)}
                         result["spike"] = shares if any(x > SPIKE_SHARE for x in shares.values()) else None
-                    rows.append(verdict_row(claim, preset, f"N={large} - N={small}", measure, result))
+                    rows.append(verdict_row(claim, preset, f"N={large} - N={small}", measure, result, preset in unmatched))
     for preset in ("anil_vs_maml", SELECTED_LR, "omniglot_anil_vs_maml"):
         runs = runs_by_preset.get(preset)
         if not runs:
@@ -417,7 +419,7 @@ def claim_rows(runs_by_preset):
                 b = curves_of(select(runs, method="maml", **{"algo.inner_steps": n}), measure)
                 if len(a) >= 2 and len(b) >= 2:
                     rows.append(verdict_row("3. ANIL cheaper than MAML", preset, f"ANIL - MAML, N={n}{alpha}", measure,
-                                            compare_to_target(a, b, "less")))
+                                            compare_to_target(a, b, "less"), preset in unmatched))
     return rows
 
 
@@ -471,9 +473,15 @@ def selection_text(runs):
             "takes the one whose worst N is lowest. " + pick + "\n\n" + md_table(rows, [c for c in rows[0] if not c.startswith("_")]))
 
 
-def verdict_row(claim, preset, comparison, measure, result):
+UNMATCHED = " *(parts on unmatched processors)*"  # a seconds cell from a sweep whose parts ran on other or unknown CPUs
+
+
+def verdict_row(claim, preset, comparison, measure, result, unmatched=False):
+    cells = {AXES[x]: cell(result, x) for x in AXES}
+    if unmatched and cells["seconds"] != "no verdict":
+        cells["seconds"] += UNMATCHED
     return {"claim": claim, "data set": DATA[preset], "comparison": comparison, "target": target_cell(result, measure),
-            **{AXES[x]: cell(result, x) for x in AXES}, "seeds": seeds_cell(result)}
+            **cells, "seeds": seeds_cell(result)}
 
 
 def cost_ratio_rows(runs):
@@ -619,14 +627,16 @@ def timing_row(preset, runs, sweep_dir, scale="quick"):
             + (" (partial sweep)" if len(done) + failed < declared else ""),
             "jobs at once": ",".join(sorted({str(p["jobs_at_once"]) for p in parts})) or "?",
             "threads per job": ",".join(map(str, threads)),
-            "machine": ",".join(sorted({machine_text(p["cpu_slots"], p["cpus"]) for p in parts})) or "unknown",
+            "machine": ",".join(sorted({machine_text(p) for p in parts})) or "unknown",
+            "processor": "; ".join(sorted({p.get("cpu") or "not recorded" for p in parts})) or "not recorded",
             "sweep wall-clock (min)": fmt(minutes) + (f" in {len(parts)} parts" if len(parts) > 1 else ""),
             "train s per run (min-max)": f"{min(train):.0f}-{max(train):.0f}" if train else "-",
             "runs >= 30 s": f"{sum(t >= MIN_TRAIN_SECONDS for t in train)}/{len(train)}",
             "load before": ",".join(f"{p['load_before']:.1f}" for p in parts) or "-",
             "started": min((p["started"] for p in parts), default="-"),
-            "_minutes": minutes, "_min_train": min(train) if train else math.nan, "_alone": all(p["cpu_slots"] == "2" for p in parts),
-            "_jobs": {p["jobs_at_once"] for p in parts}}
+            "_minutes": minutes, "_min_train": min(train) if train else math.nan, "_alone": all(machine_text(p) == "alone" for p in parts),
+            "_jobs": {p["jobs_at_once"] for p in parts},
+            "_unmatched": len(parts) > 1 and (len({p.get("cpu") for p in parts}) > 1 or any(p.get("cpu") is None for p in parts))}
 
 
 SPIKE_TEXT = ("The last two columns say whether a running mean measures where training went. \"Largest-window share\": the "
@@ -818,7 +828,7 @@ def write_doc(work, docs):
     else:
         blocks["quadratic_1d"] = blocks["quadratic_error"] = "*(not run)*"
     # Quick and full rows of one claim and data set side by side, quick first.
-    rows = {s: claim_rows(runs_by_scale[s]) for s in SCALES}
+    rows = {s: claim_rows(runs_by_scale[s], {r["preset"] for r in timing_rows if r["scale"] == s and r["_unmatched"]}) for s in SCALES}
     order = dict.fromkeys((r["claim"], r["data set"]) for s in SCALES for r in rows[s])
     verdicts = [{**r, "scale": s} for key in order for s in SCALES for r in rows[s] if (r["claim"], r["data set"]) == key]
     blocks["verdicts"] = md_table(verdicts, ["claim", "data set", "scale", "comparison", "target", "iterations", "seconds", "oracle cost",
@@ -828,7 +838,8 @@ def write_doc(work, docs):
     ratios = {p: cost_ratio_rows(quick_runs[p]) for p in ("anil_vs_maml", "omniglot_anil_vs_maml") if p in quick_runs}
     blocks["claim3_costs"] = "\n\n".join(
         f"{DATA[p]}:\n\n" + md_table(rows, list(rows[0])) for p, rows in ratios.items() if rows) or "*(not run)*"
-    blocks["timings"] = md_table(timing_rows, ["preset", "scale", "runs", "jobs at once", "threads per job", "machine", "sweep wall-clock (min)",
+    blocks["timings"] = md_table(timing_rows, ["preset", "scale", "runs", "jobs at once", "threads per job", "machine", "processor",
+                                               "sweep wall-clock (min)",
                                                "train s per run (min-max)", "runs >= 30 s", "load before", "started"]) if timing_rows else "*(not run)*"
     # The issue's targets are on the quick sweeps (a full run is as long as its curves need).
     quick_rows = [r for r in timing_rows if r["scale"] == "quick"]

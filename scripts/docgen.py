@@ -11,7 +11,9 @@ The output starts with a note saying which script and template made it.
 """
 import lzma
 import os
+import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,24 +54,75 @@ def md_table(rows, columns):
     return "\n".join(lines)
 
 
+# A timed run had the machine alone when its own processes used at least this share of the CPU seconds
+# the whole machine was busy while it ran (a 2-job sweep alone on 2 cores measured 0.99; anything else
+# that ran, even niced, takes its seconds out of this share).
+ALONE_SHARE = 0.95
+
+
+def machine_busy_seconds():
+    """The CPU seconds all cores have been busy since boot (/proc/stat: user, nice, system, irq, softirq);
+    None where there is no /proc/stat (not Linux)."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, first[1:8])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_name():
+    """The processor, as precisely as the machine tells it: /proc/cpuinfo's model name with its family,
+    model and stepping ("AMD EPYC (family 25, model 17, stepping 1)"; not the clock, which changes from
+    one reading to the next where it scales), else what `platform` knows. A sweep timed in parts on
+    several machines has a seconds axis that mixes them."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown"
+    info = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
+    ids = ", ".join(f"{word} {info[key]}" for key, word in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
+                    if info.get(key))
+    return f"{name} ({ids})" if ids else name
+
+
+def children_cpu_seconds():
+    """User + system CPU seconds of this process's children that have ended (their own children included)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed_run(cmd, log, env, cwd=ROOT):
     """Run `cmd` with its output to the open file `log`; return its exit code and wall-clock with what the
-    process can know of the machine: the CPU slots it held (cpujob's METARUN_CPUJOB_SLOTS), the cores,
-    and the load average before and after. The scripts that time sweeps for the docs record this.
-    Interrupted (Ctrl-C), it kills `cmd` and returns its time so far with `interrupted` set."""
+    process can measure of the machine: the command's CPU seconds (its whole process tree), the CPU
+    seconds the machine was busy meanwhile, and their ratio `machine_share` (`machine_text` reads it:
+    near 1, nothing else ran), the processor and its cores, and the load average before and after.
+    The scripts that time runs for the docs record this. Interrupted (Ctrl-C), it kills `cmd` and
+    returns its time so far with `interrupted` set."""
     print("+ " + " ".join(cmd), flush=True)
-    load_before, t0 = os.getloadavg()[0], time.time()
+    load_before, busy_before, cpu_before, t0 = os.getloadavg()[0], machine_busy_seconds(), children_cpu_seconds(), time.time()
     try:
         rc = subprocess.call(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
     except KeyboardInterrupt:  # subprocess.call has killed `cmd`; the time it ran still counts (the caller decides what next)
         rc = 130               # the shell's exit code for SIGINT
+    cpu = children_cpu_seconds() - cpu_before
+    busy = machine_busy_seconds() - busy_before if busy_before is not None else None
     return {"command": " ".join(cmd), "exit_code": rc, "wall_seconds": time.time() - t0, "interrupted": rc == 130,
-            "cpu_slots": os.environ.get("METARUN_CPUJOB_SLOTS"), "cpus": os.cpu_count(), "load_before": load_before,
-            "load_after": os.getloadavg()[0], "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0))}
+            "cpu_seconds": cpu, "machine_busy_seconds": busy, "machine_share": cpu / busy if busy else None,
+            "cpu": cpu_name(), "cpus": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg()[0],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0))}
 
 
-def machine_text(slots, cpus):
-    """The machine a timed run had, from `timed_run`'s cpu_slots and cpus: alone, shared or unknown."""
+def machine_text(timing):
+    """The machine a timed run had, from its `timed_run` record: "alone", "shared (...)" or "unknown".
+    Measured (`machine_share`) where recorded; records from before that hold the CPU slots a scheduler
+    granted the run (`cpu_slots`, from METARUN_CPUJOB_SLOTS) instead."""
+    share = timing.get("machine_share")
+    if share is not None:
+        return "alone" if share >= ALONE_SHARE else f"shared (it had {share:.0%} of the machine's busy CPU seconds)"
+    slots, cpus = timing.get("cpu_slots"), timing.get("cpus")
     if slots is None:
         return "unknown"
     return "alone" if int(slots) >= (cpus or 2) else f"shared ({slots} of {cpus} cores)"

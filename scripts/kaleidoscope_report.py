@@ -391,8 +391,9 @@ def quick_blocks(runs_by_scenario, sweep):
     if timing.is_file():
         t = json.loads(timing.read_text())
         runs = runs_of(sweep)
-        machine = (f"with the machine's {t['cpus']} cores to itself" if machine_text(t["cpu_slots"], t["cpus"]) == "alone" else
-                   f"on a machine shared with other jobs ({t['cpu_slots'] or 'unknown'} of {t['cpus']} cores held)")
+        had = machine_text(t)
+        machine = (f"with the machine's {t['cpus']} cores to itself" if had == "alone" else
+                   f"on a machine {had}" if had != "unknown" else "on a machine it may have shared (not recorded)")
         return {"quick_time": f"**{t['wall_seconds'] / 60:.1f} minutes** wall-clock for the {len(runs)} runs (target <= 30: "
                               f"**{'met' if t['wall_seconds'] <= 30 * 60 else 'missed'}**), measured {t['started']} with "
                               f"`{t['command']}` (the preset's two 1-thread jobs at a time) {machine} (load average "

@@ -41,7 +41,7 @@ from omegaconf import OmegaConf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from docgen import keep_runs, md_table, render, restore_runs  # noqa: E402
+from docgen import keep_runs, machine_text, md_table, render, restore_runs  # noqa: E402
 
 from metarun import report as mr  # noqa: E402
 from metarun import stats  # noqa: E402
@@ -230,7 +230,7 @@ def linreg_section(sweep_dir, figures_dir):
     partial = (f"; **not run** (the compute budget of this branch): arms {', '.join(missing)}, and seeds beyond "
                f"{', '.join(map(str, seeds))} of the preset's {cfg.scales[cfg.scale].seeds}: the full quick-scale sweep is "
                "`python scripts/learned_subsets_report.py --only linreg --no-doc` "
-               f"(measured here: {sum(walls) / len(walls):.0f} s of wall time per run on one thread while other jobs shared the 2 cores; "
+               f"(measured here: {sum(walls) / len(walls):.0f} s of wall time per run on one thread; "
                f"{len(ARMS) * n_seeds} runs)"
                if missing or len(seeds) < n_seeds else "")
     return {
@@ -448,16 +448,25 @@ def plot_layer_shares(shares, rates, path):
 
 # ------------------------------------------------------------------ speed
 
+def bench_machine(bench):
+    """The machine the benchmark had, as bench_adapt_rules.py measured it (docgen.machine_text)."""
+    if bench.get("machine_share") is None:
+        return "the machine it ran on not recorded"
+    had = "the machine alone" if machine_text(bench) == "alone" else "the machine shared with other work"
+    return (f"{had} (it had {bench['machine_share']:.0%} of the machine's busy CPU seconds; load average "
+            f"{bench['load_start']:.1f} at the start, {bench['load_end']:.1f} at the end; {bench['cpu']})")
+
+
 def speed_section(bench_path):
     if not bench_path.is_file():
-        return {"speed": f"(no benchmark file {bench_path}: run scripts/bench_adapt_rules.py with --json)"}
+        return {"speed": f"(no benchmark file {bench_path.name} in the work dir: run scripts/bench_adapt_rules.py with --json)"}
     b = json.loads(bench_path.read_text())
     rows = [{"adapt_rule": r, "median s / iteration": f"{b['median'][r]:.3f}", "x MAML": f"{b['ratio'][r]:.3f}",
              "min - max s": f"{min(b['seconds'][r]):.3f} - {max(b['seconds'][r]):.3f}",
              "target": {"meta_sgd": "<= 1.10", "sparse": "<= 1.15", "threshold": "<= 1.15"}.get(r, "-"),
              "met": {True: "yes", False: "**no**"}.get(b["met"].get(r), "-")} for r in b["median"]]
     head = (f"conv4, {b['ways']}-way 1-shot, meta-batch {b['meta_batch']}, {b['steps']} inner step, second order; "
-            f"{b['threads']} threads under `cpujob -n 2` (every other cpujob job paused); median of {b['repeats']} steps per rule "
+            f"{b['threads']} threads, {bench_machine(b)}; median of {b['repeats']} steps per rule "
             f"after one warm-up, the rules taking turns. {b.get('note', '')}")
     return {"speed": head + "\n\n" + md_table(rows, ["adapt_rule", "median s / iteration", "min - max s", "x MAML", "target", "met"])}
 

@@ -8,8 +8,8 @@ Every arm is `metarun +experiment=omniglot_shared_lake <overrides>` in outputs/o
 preset's data (6 shared alphabets for training, Early_Aramaic for validation, Sanskrit for test)
 and its Lake runs (600 fixed 20-way 1-shot within-alphabet test runs, support and query by
 distinct drawers), one setting changed. Every arm trains at 1 thread, two arms at a time on the
-2 cores (each run's wall-clock and machine go to its timing.json: docgen.timed_run, with the CPU
-slots it held from METARUN_CPUJOB_SLOTS). The preset and its shorter
+2 cores (each run's wall-clock and the machine it had go to its timing.json: docgen.timed_run
+measures the run's share of the machine's busy CPU). The preset and its shorter
 and longer versions are also evaluated with `mode=eval` on other episodes of the held-out alphabet
 (`EVALS`); the other arms on the Lake runs only. The document's numbers, tables, verdicts
 (metarun.stats) and figures are computed here from the runs' files; its prose is docs/src/omniglot.md.
@@ -478,12 +478,12 @@ def old_protocol_blocks(figures):
 
 
 def machine(run_dir):
-    """The machine a run had, from its timing.json: "alone", "shared (1 of 2 cores)", or None when not recorded."""
+    """The machine a run had, from its timing.json (docgen.machine_text): "alone", "shared (...)", or None when not recorded."""
     path = Path(run_dir) / "timing.json"
     if not path.is_file():
         return None
     timing = load_json(path)
-    text = machine_text(timing.get("cpu_slots"), timing.get("cpus"))
+    text = machine_text(timing)
     return None if text == "unknown" else text
 
 

@@ -438,6 +438,24 @@ def test_document_from_tiny_sweeps(tmp_path, monkeypatch):
     for scale in ("quick", "full"):
         assert f"| 1. strongly convex: faster with larger N | linear regression | {scale} | N=5 - N=1 |" in out
         assert f"| anil_strongly_convex | {scale} | 4 completed of 4 declared |" in out
+
+    # A full sweep timed in two parts: on two processors (or one not recorded), its seconds cells say so; on one, not.
+    def seconds_cells(page, scale):
+        rows = [line.split(" | ") for line in page.splitlines() if line.startswith("| 1. strongly convex") and f"| {scale} |" in line]
+        return [row[6] for row in rows]
+
+    part = {"seeds": "all", "exit_code": 0, "wall_seconds": 60.0, "interrupted": False, "machine_share": 0.99, "cpus": 2,
+            "load_before": 0.1, "load_after": 2.0, "started": "2026-11-28T15:02:01", "jobs_at_once": 2}
+    for cpus, marked in ((["CPU A", "CPU B"], True), (["CPU A", None], True), (["CPU A", "CPU A"], False)):
+        (full / "timing.json").write_text(json.dumps([{**part, "cpu": cpu} for cpu in cpus]))
+        cr.write_doc(work, tmp_path / "docs")
+        out = (tmp_path / "docs" / "convergence.md").read_text()
+        cells = seconds_cells(out, "full")
+        assert any(c != "no verdict" for c in cells)
+        assert all(c.endswith(cr.UNMATCHED) == (marked and c != "no verdict") for c in cells), cells
+        assert not any(c.endswith(cr.UNMATCHED) for c in seconds_cells(out, "quick"))  # the quick sweep ran in one part
+        shown = "; ".join(sorted(c or "not recorded" for c in set(cpus)))
+        assert f"| anil_strongly_convex | full | 4 completed of 4 declared | 2 | 1 | alone | {shown} | 2 in 2 parts |" in out
     assert "| 3. ANIL cheaper than MAML | linear regression | full |" not in out  # no full anil_vs_maml sweep
     assert "Sections shown at full scale: `anil_strongly_convex`" in out
     # One job of the full sweep not finished: the section falls back to quick and says how far the full sweep got.

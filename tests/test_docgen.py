@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from docgen import md_table, render, timed_run  # noqa: E402
+from docgen import machine_text, md_table, render, timed_run  # noqa: E402
 
 
 def test_render_fills_placeholders_and_marks_the_file_generated(tmp_path):
@@ -45,3 +45,42 @@ def test_an_interrupted_timed_run_kills_its_command_and_returns_its_time_so_far(
     with open(tmp_path / "log", "w") as log:
         done = timed_run([sys.executable, "-c", "raise SystemExit(3)"], log, dict(os.environ), cwd=tmp_path)
     assert not done["interrupted"] and done["exit_code"] == 3
+
+
+BURN_IN_GRANDCHILD = """
+import multiprocessing, time
+def burn():
+    end = time.process_time() + 1.0
+    while time.process_time() < end:
+        pass
+if __name__ == "__main__":
+    worker = multiprocessing.get_context("spawn").Process(target=burn)
+    worker.start()
+    worker.join()
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="the machine's busy seconds come from Linux's /proc/stat")
+def test_a_timed_run_measures_its_whole_process_tree_against_the_machines_busy_seconds(tmp_path):
+    # The CPU second is burnt by a worker process of the command (as a joblib sweep's jobs run), not the command itself.
+    (tmp_path / "burn.py").write_text(BURN_IN_GRANDCHILD)
+    with open(tmp_path / "log", "w") as log:
+        timing = timed_run([sys.executable, str(tmp_path / "burn.py")], log, dict(os.environ), cwd=tmp_path)
+    assert timing["exit_code"] == 0, (tmp_path / "log").read_text()
+    assert 1.0 <= timing["cpu_seconds"] < 1.0 + timing["wall_seconds"]
+    # The machine was busy at least while the tree ran (ticks of 10 ms: a little slack); other work makes it busier.
+    assert timing["machine_busy_seconds"] >= 0.95 * timing["cpu_seconds"]
+    assert timing["machine_share"] == pytest.approx(timing["cpu_seconds"] / timing["machine_busy_seconds"])
+
+
+@pytest.mark.parametrize("timing, expected", [
+    ({"machine_share": 0.99, "cpus": 2}, "alone"),
+    ({"machine_share": 0.95, "cpus": 2}, "alone"),
+    ({"machine_share": 0.62, "cpus": 2}, "shared (it had 62% of the machine's busy CPU seconds)"),
+    ({"machine_share": None, "cpu_slots": None, "cpus": 2}, "unknown"),          # measured where /proc/stat was missing
+    ({"cpu_slots": "2", "cpus": 2}, "alone"),                                   # records from before the measure
+    ({"cpu_slots": "1", "cpus": 2}, "shared (1 of 2 cores)"),
+    ({"cpu_slots": None, "cpus": 2}, "unknown"),
+])
+def test_machine_text_reads_the_measured_share_and_older_records_slots(timing, expected):
+    assert machine_text(timing) == expected

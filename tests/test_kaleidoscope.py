@@ -249,7 +249,7 @@ def test_smoke_presets_run_the_three_arms_and_matd3_through_the_command_line(tmp
     (tmp_path / "runs" / "world_quick").symlink_to(tmp_path / "sweep")  # as if --time-quick had timed this sweep
     (tmp_path / "sweep" / "timing.json").write_text(json.dumps({
         "command": "metarun -m +experiment=kaleidoscope_world", "exit_code": 0, "wall_seconds": 1900.0, "cpus": 2,
-        "cpu_slots": "1", "load_before": 0.1, "load_after": 1.9, "started": "2026-11-27T02:00:00"}))
+        "machine_share": 0.55, "load_before": 0.1, "load_after": 1.9, "started": "2026-11-27T02:00:00"}))
     doc = subprocess.run([sys.executable, str(repo / "scripts" / "kaleidoscope_report.py"), "--root", str(tmp_path / "runs"),
                           "--template", str(repo / "docs" / "src" / "kaleidoscope.md"), "--out", str(tmp_path / "doc" / "k.md")],
                          capture_output=True, text=True, timeout=120)
@@ -257,7 +257,7 @@ def test_smoke_presets_run_the_three_arms_and_matd3_through_the_command_line(tmp
     text = (tmp_path / "doc" / "k.md").read_text()
     assert "| Kaleidoscope | 0 | 600 |" in text and "*Not run yet:*" in text and (tmp_path / "doc" / "kaleidoscope" / "world_return.png").is_file()
     assert ("**31.7 minutes** wall-clock for the 3 runs (target <= 30: **missed**)" in text
-            and "shared with other jobs (1 of 2 cores held)" in text)
+            and "on a machine shared (it had 55% of the machine's busy CPU seconds) (load average 0.1" in text)
     pytest.importorskip("gymnasium_robotics")
     result = run_metarun("+experiment=kaleidoscope_halfcheetah", "hydra.run.dir=cheetah", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

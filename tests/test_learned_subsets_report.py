@@ -169,3 +169,16 @@ def test_running_the_omniglot_sweep_drops_the_per_task_cache_of_the_runs_it_repl
     assert (work / ls.PER_TASK).is_file()  # the linear regression sweep has no per-task cache
     ls.run_sweep("omniglot", "quick", work / "omniglot", [])
     assert not (work / ls.PER_TASK).exists() and not (work / "omniglot").exists()
+
+
+def test_the_speed_section_says_what_the_benchmark_measured_of_the_machine(tmp_path):
+    missing = ls.speed_section(tmp_path / "bench.json")["speed"]
+    assert "no benchmark file bench.json in the work dir" in missing and str(tmp_path) not in missing  # no path of this machine
+    fake_bench(tmp_path)  # a file from before bench_adapt_rules.py measured the machine
+    assert "2 threads, the machine it ran on not recorded;" in ls.speed_section(tmp_path / "bench.json")["speed"]
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    for share, had in ((0.98, "the machine alone"), (0.6, "the machine shared with other work")):
+        (tmp_path / "bench.json").write_text(json.dumps({**bench, "machine_share": share, "load_start": 0.2, "load_end": 1.9,
+                                                         "cpu": "AMD EPYC (family 25, model 17, stepping 1)"}))
+        assert (f"2 threads, {had} (it had {share:.0%} of the machine's busy CPU seconds; load average 0.2 at the start, "
+                "1.9 at the end; AMD EPYC (family 25, model 17, stepping 1)); median of 5 steps") in ls.speed_section(tmp_path / "bench.json")["speed"]
