@@ -79,9 +79,8 @@ def cpu_name():
     try:
         first = Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0]
     except OSError:
-        return platform.processor() or platform.machine() or "unknown"
-    info = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-    info = {k.strip(): v.strip() for k, v in info.items()}
+        first = ""
+    info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
     name = info.get("model name") or platform.processor() or platform.machine() or "unknown"
     ids = ", ".join(f"{word} {info[key]}" for key, word in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
                     if info.get(key))
